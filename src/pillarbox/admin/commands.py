@@ -1,0 +1,312 @@
+"""Administration as service functions: what the CLI (and later the HTTP API) do.
+
+Each function takes an open store and names as an administrator typed them,
+normalises and checks them (``pillarbox.admin.names``), and acts through the
+store.  They never print: they return values or raise
+
+    AdminError      the request makes no sense as given (bad name, refused alias)
+    InvalidName     a domain name or address does not parse (a ValueError)
+    StoreError      the store refused (NotFound, AlreadyExists, …)
+
+and the caller words the outcome for its audience.  Passwords arrive here
+in clear only to be hashed (argon2id, ``pillarbox.auth.passwords``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pillarbox.admin.names import (
+    InvalidName,
+    normalize_address,
+    normalize_alias_source,
+    normalize_domain,
+    unicode_domain,
+)
+from pillarbox.auth.passwords import hash_password
+from pillarbox.store.base import Account, AlreadyExists, MailboxInfo, NotFound, QueueEntry
+from pillarbox.store.sqlite.store import SQLiteStore
+
+__all__ = [
+    "AdminError",
+    "DomainInfo",
+    "InvalidName",
+    "UserInfo",
+    "add_alias",
+    "add_domain",
+    "add_user",
+    "check_new_user",
+    "dangling_aliases",
+    "list_aliases",
+    "list_domains",
+    "list_mailboxes",
+    "list_users",
+    "message_head",
+    "queue_delete",
+    "queue_list",
+    "queue_show",
+    "remove_alias",
+    "remove_domain",
+    "remove_user",
+    "require_user",
+    "set_password",
+]
+
+# How much of a queued message ``queue show`` reads: the header section, bounded.
+HEAD_MAX_BYTES = 16384
+HEAD_MAX_LINES = 60
+
+
+class AdminError(Exception):
+    """A request refused before it reached the store, with the reason to show."""
+
+
+# --------------------------------------------------------------------- domains
+
+
+@dataclass(frozen=True, slots=True)
+class DomainInfo:
+    name: str            # A-label form, as stored
+    unicode: str         # U-label form; equal to name for an ASCII domain
+    accounts: int
+    aliases: int
+
+
+def add_domain(store: SQLiteStore, name: str) -> str:
+    """Add a local domain; return its stored (A-label) form."""
+    domain = normalize_domain(name)
+    store.add_domain(domain)
+    return domain
+
+
+def list_domains(store: SQLiteStore) -> list[DomainInfo]:
+    return [DomainInfo(n, unicode_domain(n), a, s) for n, a, s in store.list_domains()]
+
+
+def remove_domain(store: SQLiteStore, name: str, *, force: bool = False) -> str:
+    """Remove a domain; with ``force``, its accounts (and their mail) and aliases too.
+
+    Without ``force`` a domain that still has accounts or aliases is kept, so
+    that a typo cannot delete mailboxes or silently reroute mail.
+    """
+    domain = normalize_domain(name)
+    if not force:
+        aliases = len(store.list_aliases(domain))
+        if aliases and not store.list_accounts(domain):
+            raise AdminError(
+                f"domain {domain} still has {aliases} alias(es); remove them first or use --force"
+            )
+    store.remove_domain(domain, force=force)
+    return domain
+
+
+def _require_domain(store: SQLiteStore, domain: str) -> None:
+    if not store.directory().is_local_domain(domain):
+        raise NotFound(f"{domain} is not a local domain; add it with 'pillarbox domain add'")
+
+
+# ----------------------------------------------------------------------- users
+
+
+@dataclass(frozen=True, slots=True)
+class UserInfo:
+    address: str
+    messages: int        # in all mailboxes
+    inbox: int           # of which in INBOX
+    size: int            # bytes in all mailboxes
+
+
+def check_new_user(store: SQLiteStore, address: str) -> str:
+    """Normalise ``address`` and check that it can become an account.
+
+    Called before asking for a password, so a typo is reported at once.  An
+    address that is already an alias is refused: aliases are resolved before
+    accounts, so the account would never receive mail.
+    """
+    addr = normalize_address(address)
+    _require_domain(store, addr.rpartition("@")[2])
+    directory = store.directory()
+    if directory.find_account(addr) is not None:
+        raise AlreadyExists(f"account {addr} already exists")
+    if directory.alias_targets(addr):
+        raise AdminError(f"{addr} is an alias; remove the alias before adding an account")
+    return addr
+
+
+def add_user(store: SQLiteStore, address: str, password: str) -> Account:
+    """Create an account with its default mailboxes (INBOX and the RFC 6154 ones)."""
+    addr = check_new_user(store, address)
+    return store.add_account(addr, hash_password(password))
+
+
+def set_password(store: SQLiteStore, address: str, password: str) -> str:
+    addr = normalize_address(address)
+    store.set_password(addr, hash_password(password))
+    return addr
+
+
+def require_user(store: SQLiteStore, address: str) -> str:
+    """Normalise ``address`` and check that the account exists (before a password prompt)."""
+    addr = normalize_address(address)
+    if store.directory().find_account(addr) is None:
+        raise NotFound(f"no account {addr}")
+    return addr
+
+
+def remove_user(store: SQLiteStore, address: str) -> str:
+    """Remove an account, its mailboxes and their messages."""
+    addr = normalize_address(address)
+    store.remove_account(addr)
+    return addr
+
+
+def list_users(store: SQLiteStore, domain: str | None = None) -> list[UserInfo]:
+    name = None
+    if domain is not None:
+        name = normalize_domain(domain)
+        _require_domain(store, name)
+    out = []
+    for account in store.list_accounts(name):
+        boxes = store.list_mailboxes(account.address)
+        inbox = sum(b.messages for b in boxes if b.name == "INBOX")
+        out.append(UserInfo(
+            account.address,
+            sum(b.messages for b in boxes),
+            inbox,
+            sum(b.size for b in boxes),
+        ))
+    return out
+
+
+def list_mailboxes(store: SQLiteStore, address: str) -> list[MailboxInfo]:
+    return store.list_mailboxes(normalize_address(address))
+
+
+# --------------------------------------------------------------------- aliases
+
+
+def add_alias(store: SQLiteStore, source: str, targets: list[str]) -> tuple[str, list[str]]:
+    """Point ``source`` (an address, or ``@domain`` for the catch-all) at ``targets``.
+
+    Targets must be local accounts or local aliases: forwarding to other post
+    offices arrives with outbound delivery, and until then such an alias
+    would accept mail it cannot deliver.  Returns the normalised names.
+    """
+    src = normalize_alias_source(source)
+    _require_domain(store, src.rpartition("@")[2])
+    directory = store.directory()
+    if directory.find_account(src) is not None:
+        raise AdminError(
+            f"{src} is an account; an alias of the same name would take all its mail"
+        )
+    normalized: list[str] = []
+    for target in targets:
+        if target.strip().startswith("@"):
+            raise AdminError(f"target {target!r}: a target is an address, not a catch-all")
+        tgt = normalize_address(target)
+        if tgt == src:
+            raise AdminError(f"{src} cannot be an alias of itself")
+        if not directory.is_local_domain(tgt.rpartition("@")[2]):
+            raise AdminError(
+                f"target {tgt} is not in a local domain; forwarding to other domains "
+                "is not supported yet"
+            )
+        if directory.find_account(tgt) is None and not directory.alias_targets(tgt):
+            raise AdminError(f"target {tgt} is neither a local account nor a local alias")
+        if tgt not in normalized:
+            normalized.append(tgt)
+    existing = set(directory.alias_targets(src))
+    new = [t for t in normalized if t not in existing]
+    if not new:
+        raise AlreadyExists(f"alias {src} -> {', '.join(normalized)} already exists")
+    for tgt in new:
+        store.add_alias(src, tgt)
+    return src, new
+
+
+def list_aliases(store: SQLiteStore, domain: str | None = None) -> list[tuple[str, list[str]]]:
+    """(source, targets) for each alias, catch-alls as ``@domain``, by source."""
+    name = None
+    if domain is not None:
+        name = normalize_domain(domain)
+        _require_domain(store, name)
+    grouped: dict[str, list[str]] = {}
+    for source, target in store.list_aliases(name):
+        grouped.setdefault(source, []).append(target)
+    return list(grouped.items())
+
+
+def remove_alias(
+    store: SQLiteStore, source: str, target: str | None = None
+) -> tuple[str, str | None, int]:
+    """Remove one target of ``source``, or the whole alias: (source, target, rows removed)."""
+    src = normalize_alias_source(source)
+    tgt = normalize_address(target) if target is not None else None
+    return src, tgt, store.remove_alias(src, tgt)
+
+
+def dangling_aliases(store: SQLiteStore) -> list[tuple[str, str]]:
+    """(source, target) of aliases whose target is no longer an account or an alias.
+
+    Such targets are skipped at delivery; an alias left with none of its
+    targets makes its address unknown (550 5.1.1).  Shown after removals.
+    """
+    return store.reader.execute(
+        "SELECT source, target FROM aliases"
+        " WHERE target NOT IN (SELECT address FROM accounts)"
+        " AND target NOT IN (SELECT source FROM aliases)"
+        " ORDER BY source, target"
+    ).fetchall()
+
+
+# ----------------------------------------------------------------------- queue
+
+
+def queue_list(store: SQLiteStore) -> list[QueueEntry]:
+    return store.queue_list()
+
+
+def _queue_id(text: str) -> str:
+    """Queue ids are upper-case hex (``pillarbox.store.blobs.new_id``); accept any case."""
+    ident = text.strip()
+    if not ident:
+        raise AdminError("empty queue id")
+    return ident.upper() if all(c in "0123456789abcdefABCDEF" for c in ident) else ident
+
+
+def queue_show(store: SQLiteStore, queue_id: str) -> QueueEntry:
+    ident = _queue_id(queue_id)
+    entry = store.queue_get(ident)
+    if entry is None:
+        raise NotFound(f"no queue entry {ident}")
+    return entry
+
+
+def message_head(store: SQLiteStore, blob_id: str) -> tuple[Path, list[str] | None]:
+    """The blob's path and its header section (bounded), or None when the file is gone.
+
+    Lines are decoded as UTF-8 with replacement: headers may be 8-bit
+    (RFC 6532) or broken, and a person reading them wants to see them anyway.
+    """
+    path = store.blobs.path(blob_id)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(HEAD_MAX_BYTES)
+    except FileNotFoundError:
+        return path, None
+    lines: list[str] = []
+    for raw in data.split(b"\n"):
+        line = raw.removesuffix(b"\r")
+        if not line or len(lines) >= HEAD_MAX_LINES:
+            break
+        lines.append(line.decode("utf-8", "replace"))
+    return path, lines
+
+
+def queue_delete(store: SQLiteStore, queue_id: str) -> str:
+    """Delete a queue entry without notice to its sender, and release its blob."""
+    ident = _queue_id(queue_id)
+    store.queue_delete(ident)
+    return ident
+

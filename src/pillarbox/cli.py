@@ -1,0 +1,514 @@
+"""The ``pillarbox`` command: run the server, and administer its data directory.
+
+::
+
+    pillarbox [-c FILE] [-o KEY=VALUE]... serve
+    pillarbox config check [FILE]
+    pillarbox domain add|list|remove …
+    pillarbox user add|list|passwd|remove …
+    pillarbox alias add|list|remove …
+    pillarbox queue list|show|delete …
+    pillarbox mailbox list USER
+
+The configuration is ``-c FILE``, else ``./pillarbox.toml`` if there is one,
+else the development defaults (DESIGN.md), so that the CLI run from the folder
+where ``pillarbox serve`` runs works on the same data.  ``-o`` overrides a
+key as on a command line.  Administration acts through the service functions
+of ``pillarbox.admin.commands`` while a server may be running on the same
+data: SQLite's locking serialises the writers.
+
+Passwords never come from the command line, where ``ps`` and the shell
+history would show them: they are asked for twice on a terminal, or read as
+one line from standard input (``printf '%s\\n' "$pw" | pillarbox user add …``).
+
+Exit status: 0 done, 1 refused or failed (``pillarbox: error: …`` on stderr),
+2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import getpass
+import os
+import sqlite3
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from pillarbox import __version__
+from pillarbox.admin import commands
+from pillarbox.admin.commands import AdminError, InvalidName
+from pillarbox.admin.names import unicode_domain
+from pillarbox.config import Config, ConfigError, check_config, load_config
+from pillarbox.store.base import QueueEntry, StoreError
+from pillarbox.store.sqlite.store import SQLiteStore
+
+__all__ = ["build_parser", "main", "parse_args", "read_password", "resolve_config"]
+
+PROG = "pillarbox"
+DEFAULT_CONFIG = Path("pillarbox.toml")
+DEV_HOSTNAME = "localhost"
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except ConfigError as e:
+        for line in e.errors:
+            _error(line)
+    except (StoreError, AdminError, InvalidName) as e:
+        _error(str(e))
+    except BrokenPipeError:
+        # Output piped into `head`: stop quietly, without a traceback at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, sqlite3.Error) as e:
+        _error(str(e))
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    return 1
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; usage errors exit with status 2 (argparse)."""
+    args = build_parser().parse_args(argv)
+    # Global options may also follow the subcommand; those given there are
+    # parsed into their own names (a subparser would replace, not extend, the
+    # values given before it) and merged here: -o adds up, the last -c wins.
+    args.overrides = [*args.overrides, *getattr(args, "late_overrides", [])]
+    args.config = getattr(args, "late_config", None) or args.config
+    return args
+
+
+def _error(message: str) -> None:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+
+
+def _warn(message: str) -> None:
+    print(f"{PROG}: warning: {message}", file=sys.stderr)
+
+
+# --------------------------------------------------------------- configuration
+
+
+def resolve_config(args: argparse.Namespace) -> tuple[Config, bool]:
+    """The configuration the options name, and whether it is the development one.
+
+    With no file (no ``-c``, no ``./pillarbox.toml``) the development defaults
+    apply: the server is ``localhost`` unless ``-o server.hostname=…`` says
+    otherwise, and data is kept in ``./pillarbox-data``.
+    """
+    path = _config_path(args.config)
+    overrides = dict(args.overrides)
+    dev_mode = path is None
+    if dev_mode:
+        overrides.setdefault("server.hostname", DEV_HOSTNAME)
+    return load_config(path, overrides), dev_mode
+
+
+def _config_path(given: Path | None) -> Path | None:
+    if given is not None:
+        return given
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
+
+
+@contextlib.contextmanager
+def _open_store(args: argparse.Namespace) -> Iterator[SQLiteStore]:
+    config, _ = resolve_config(args)
+    data_dir = config.server.data_dir
+    try:
+        store = SQLiteStore(data_dir).open()
+    except (OSError, sqlite3.Error) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise AdminError(f"cannot open the data directory {data_dir}: {reason}") from e
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _override(text: str) -> tuple[str, str]:
+    key, eq, value = text.partition("=")
+    if not eq or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value
+
+
+# ------------------------------------------------------------------- passwords
+
+
+def read_password(prompt: str = "Password") -> str:
+    """A password from the terminal (asked twice) or one line of standard input."""
+    stdin = sys.stdin
+    if stdin is not None and stdin.isatty():
+        first = getpass.getpass(f"{prompt}: ")
+        if not first:
+            raise AdminError("empty password")
+        if getpass.getpass(f"{prompt} (again): ") != first:
+            raise AdminError("the passwords do not match")
+        return first
+    line = stdin.readline() if stdin is not None else ""
+    if not line:
+        raise AdminError("no password on standard input (one line expected)")
+    password = line.removesuffix("\n").removesuffix("\r")
+    if not password:
+        raise AdminError("empty password")
+    return password
+
+
+# ------------------------------------------------------------------ formatting
+
+
+def _when(timestamp: float) -> str:
+    """UTC, as in the logs, so the two can be read side by side."""
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(timestamp))
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """Aligned columns; numbers to the right; the last column is not padded."""
+    cells = [list(headers)] + [["" if v is None else str(v) for v in row] for row in rows]
+    numeric = [all(isinstance(row[i], int) for row in rows) for i in range(len(headers))]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for row in cells:
+        parts = []
+        for i, cell in enumerate(row):
+            if numeric[i]:
+                parts.append(cell.rjust(widths[i]))
+            elif i == len(row) - 1:
+                parts.append(cell)
+            else:
+                parts.append(cell.ljust(widths[i]))
+        print("  ".join(parts).rstrip())
+
+
+def _path(address: str) -> str:
+    return f"<{address}>"
+
+
+def _report_dangling(store: SQLiteStore) -> None:
+    for source, target in commands.dangling_aliases(store):
+        _warn(f"alias {source} -> {target}: {target} is no longer an account or an alias")
+
+
+# -------------------------------------------------------------------- commands
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    config, dev_mode = resolve_config(args)
+    from pillarbox.serve import serve  # the server's imports are not needed to administer
+
+    return serve(config, dev_mode=dev_mode)
+
+
+def _cmd_config_check(args: argparse.Namespace) -> int:
+    path = args.file or _config_path(args.config)
+    if path is None:
+        print(
+            f"{PROG} config check: error: no FILE given and no ./{DEFAULT_CONFIG} here",
+            file=sys.stderr,
+        )
+        return 2
+    errors = check_config(path)
+    for line in errors:
+        print(line, file=sys.stderr)
+    if errors:
+        return 1
+    print(f"{path}: ok")
+    return 0
+
+
+def _cmd_domain_add(args: argparse.Namespace) -> int:
+    with _open_store(args) as store:
+        domain = commands.add_domain(store, args.name)
+    print(f"added domain {_with_unicode(domain)}")
+    return 0
+
+
+def _with_unicode(domain: str) -> str:
+    shown = unicode_domain(domain)
+    return domain if shown == domain else f"{domain} ({shown})"
+
+
+def _cmd_domain_list(args: argparse.Namespace) -> int:
+    with _open_store(args) as store:
+        domains = commands.list_domains(store)
+    if not domains:
+        print("no domains")
+        return 0
+    _table(
+        ("DOMAIN", "ACCOUNTS", "ALIASES"),
+        [(_with_unicode(d.name), d.accounts, d.aliases) for d in domains],
+    )
+    return 0
+
+
+def _cmd_domain_remove(args: argparse.Namespace) -> int:
+    with _open_store(args) as store:
+        domain = commands.remove_domain(store, args.name, force=args.force)
+        print(f"removed domain {domain}")
+        _report_dangling(store)
+    return 0
+
+
+def _cmd_user_add(args: argparse.Namespace) -> int:
+    with _open_store(args) as store:
+        address = commands.check_new_user(store, args.address)
+        password = read_password(f"Password for {address}")
+        commands.add_user(store, address, password)
+    print(f"added account {address}")
+    return 0
+
+
+def _cmd_user_list(args: argparse.Namespace) -> int:
+    with _open_store(args) as store:
+        users = commands.list_users(store, args.domain)
+    if not users:
+        print("no accounts")
+        return 0
+    _table(
+        ("ADDRESS", "MESSAGES", "INBOX", "SIZE"),
+        [(u.address, u.messages, u.inbox, u.size) for u in users],
+    )
+    return 0
+
+
+def _cmd_user_passwd(args: argparse.Namespace) -> int:
+    with _open_store(args) as store:
+        address = commands.require_user(store, args.address)
+        password = read_password(f"New password for {address}")
+        commands.set_password(store, address, password)
+    print(f"changed the password of {address}")
+    return 0
+
+
+def _cmd_user_remove(args: argparse.Namespace) -> int:
+    with _open_store(args) as store:
+        address = commands.remove_user(store, args.address)
+        print(f"removed account {address} and its mailboxes")
+        _report_dangling(store)
+    return 0
+
+
+def _cmd_alias_add(args: argparse.Namespace) -> int:
+    with _open_store(args) as store:
+        source, added = commands.add_alias(store, args.source, args.targets)
+    print(f"added alias {source} -> {', '.join(added)}")
+    return 0
+
+
+def _cmd_alias_list(args: argparse.Namespace) -> int:
+    with _open_store(args) as store:
+        aliases = commands.list_aliases(store, args.domain)
+    if not aliases:
+        print("no aliases")
+        return 0
+    width = max(len(source) for source, _ in aliases)
+    for source, targets in aliases:
+        print(f"{source.ljust(width)}  -> {', '.join(targets)}")
+    return 0
+
+
+def _cmd_alias_remove(args: argparse.Namespace) -> int:
+    with _open_store(args) as store:
+        source, target, removed = commands.remove_alias(store, args.source, args.target)
+        what = f"{source} -> {target}" if target else source
+        print(f"removed alias {what}" + (f" ({removed} targets)" if removed > 1 else ""))
+        _report_dangling(store)
+    return 0
+
+
+def _cmd_queue_list(args: argparse.Namespace) -> int:
+    with _open_store(args) as store:
+        entries = commands.queue_list(store)
+    if not entries:
+        print("queue is empty")
+        return 0
+    _table(
+        ("ID", "ARRIVED", "SIZE", "STATE", "SENDER", "RCPTS", "LAST REPLY"),
+        [
+            (e.id, _when(e.arrived), e.size, e.state, _path(e.reverse_path),
+             len(e.recipients), e.last_reply or "")
+            for e in entries
+        ],
+    )
+    counts: dict[str, int] = {}
+    for e in entries:
+        counts[e.state] = counts.get(e.state, 0) + 1
+    per_state = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    print(f"{len(entries)} {'entry' if len(entries) == 1 else 'entries'}: {per_state}")
+    return 0
+
+
+def _cmd_queue_show(args: argparse.Namespace) -> int:
+    with _open_store(args) as store:
+        entry = commands.queue_show(store, args.id)
+        blob, head = commands.message_head(store, entry.id)
+    _show_entry(entry)
+    print(f"blob:           {blob}")
+    if head is None:
+        print("  (the blob file is missing)")
+    else:
+        print("headers:")
+        for line in head:
+            print(f"  {line}")
+    return 0
+
+
+def _show_entry(e: QueueEntry) -> None:
+    def field(name: str, value: object) -> None:
+        print(f"{name + ':':<16}{value}")
+
+    field("queue id", e.id)
+    field("state", e.state)
+    field("arrived", _when(e.arrived))
+    field("attempts", e.attempts)
+    field("next attempt", _when(e.next_attempt))
+    field("last reply", e.last_reply or "-")
+    field("size", f"{e.size} bytes")
+    field("client", f"{e.client_address} (HELO {e.helo})")
+    field("reverse path", _path(e.reverse_path))
+    field("body", e.body or "-")
+    field("smtputf8", "yes" if e.smtputf8 else "no")
+    field("dsn", f"RET={e.dsn_ret or '-'} ENVID={e.dsn_envid or '-'}")
+    print(f"recipients:     {len(e.recipients)}")
+    for r in e.recipients:
+        dsn = [f"NOTIFY={r.notify}" if r.notify else "", f"ORCPT={r.orcpt}" if r.orcpt else ""]
+        line = f"  {r.idx}  {_path(r.address)}  {r.status}  {' '.join(x for x in dsn if x)}"
+        print(line.rstrip())
+        if r.last_reply:
+            print(f"       {r.last_reply}")
+
+
+def _cmd_queue_delete(args: argparse.Namespace) -> int:
+    status = 0
+    with _open_store(args) as store:
+        for ident in args.ids:
+            try:
+                deleted = commands.queue_delete(store, ident)
+            except (StoreError, AdminError) as e:
+                _error(str(e))
+                status = 1
+            else:
+                print(f"deleted {deleted}")
+    return status
+
+
+def _cmd_mailbox_list(args: argparse.Namespace) -> int:
+    with _open_store(args) as store:
+        boxes = commands.list_mailboxes(store, args.user)
+    _table(
+        ("NAME", "SPECIAL-USE", "MESSAGES", "SIZE", "UIDVALIDITY", "UIDNEXT", "HIGHESTMODSEQ"),
+        [
+            (b.name, b.special_use or "", b.messages, b.size, b.uidvalidity, b.uidnext,
+             b.highestmodseq)
+            for b in boxes
+        ],
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------- parser
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, late: bool) -> None:
+    prefix, default = ("late_", argparse.SUPPRESS) if late else ("", None)
+    parser.add_argument(
+        "-c", "--config", type=Path, metavar="FILE", dest=prefix + "config",
+        default=default,
+        help=f"configuration file (default: ./{DEFAULT_CONFIG} if present, "
+        "else the development defaults)",
+    )
+    parser.add_argument(
+        "-o", "--set", type=_override, action="append", metavar="KEY=VALUE",
+        dest=prefix + "overrides", default=default if late else [],
+        help="override a configuration key, e.g. -o server.data_dir=/srv/mail (repeatable)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Pillarbox mail server: run it, and administer its domains, accounts, "
+        "aliases, queue and mailboxes.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _add_global_options(parser, late=False)
+    late = argparse.ArgumentParser(add_help=False)
+    _add_global_options(late, late=True)
+
+    top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def group(name: str, help: str) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+        p = top.add_parser(name, help=help, description=help)
+        return p.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def leaf(
+        where: argparse._SubParsersAction[argparse.ArgumentParser],
+        name: str,
+        handler: Handler,
+        help: str,
+    ) -> argparse.ArgumentParser:
+        p = where.add_parser(name, help=help, description=help, parents=[late])
+        p.set_defaults(handler=handler)
+        return p
+
+    leaf(top, "serve", _cmd_serve, "run the mail server")
+
+    g = group("config", "configuration files")
+    p = leaf(g, "check", _cmd_config_check, "check a configuration file")
+    p.add_argument("file", nargs="?", type=Path, metavar="FILE",
+                   help=f"the file (default: -c, else ./{DEFAULT_CONFIG})")
+
+    g = group("domain", "local domains")
+    p = leaf(g, "add", _cmd_domain_add, "add a local domain (IDNs in either form)")
+    p.add_argument("name", metavar="NAME")
+    leaf(g, "list", _cmd_domain_list, "list the local domains")
+    p = leaf(g, "remove", _cmd_domain_remove, "remove a local domain")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--force", action="store_true",
+                   help="also remove its accounts, their mail, and its aliases")
+
+    g = group("user", "accounts (passwords are read from the terminal or standard input)")
+    p = leaf(g, "add", _cmd_user_add, "add an account with its default mailboxes")
+    p.add_argument("address", metavar="ADDRESS")
+    p = leaf(g, "list", _cmd_user_list, "list accounts")
+    p.add_argument("domain", nargs="?", metavar="DOMAIN")
+    p = leaf(g, "passwd", _cmd_user_passwd, "change an account's password")
+    p.add_argument("address", metavar="ADDRESS")
+    p = leaf(g, "remove", _cmd_user_remove, "remove an account, its mailboxes and its mail")
+    p.add_argument("address", metavar="ADDRESS")
+
+    g = group("alias", "aliases; @domain is the domain's catch-all")
+    p = leaf(g, "add", _cmd_alias_add, "deliver mail for SOURCE to local TARGETs")
+    p.add_argument("source", metavar="SOURCE", help="an address, or @domain for the catch-all")
+    p.add_argument("targets", nargs="+", metavar="TARGET",
+                   help="local accounts or aliases")
+    p = leaf(g, "list", _cmd_alias_list, "list aliases")
+    p.add_argument("domain", nargs="?", metavar="DOMAIN")
+    p = leaf(g, "remove", _cmd_alias_remove, "remove an alias, or one of its targets")
+    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("target", nargs="?", metavar="TARGET")
+
+    g = group("queue", "messages accepted and not yet delivered")
+    leaf(g, "list", _cmd_queue_list, "list queue entries")
+    p = leaf(g, "show", _cmd_queue_show, "show a queue entry and its message's headers")
+    p.add_argument("id", metavar="ID")
+    p = leaf(g, "delete", _cmd_queue_delete,
+             "delete queue entries; their senders are not notified")
+    p.add_argument("ids", nargs="+", metavar="ID")
+
+    g = group("mailbox", "mailboxes of an account")
+    p = leaf(g, "list", _cmd_mailbox_list, "list an account's mailboxes")
+    p.add_argument("user", metavar="USER")
+
+    return parser

@@ -1,0 +1,998 @@
+"""Pillarbox configuration: one TOML file, one typed schema.
+
+Values come in three layers, each overriding the one before: the defaults
+declared below, the file, then command-line overrides (dotted keys to strings,
+such as ``{"smtp.max_recipients": "50"}``). :func:`load_config` returns a
+:class:`Config` of frozen dataclasses that the caller passes around; no module
+reads a global configuration (STYLE rule 8).
+
+The schema is declared in exactly one place: the section dataclasses below,
+whose fields carry their kind (type, range, conversion) and their description
+in field metadata. Validation, the parsing of overrides and the reference in
+``docs/configuration.md`` (``python -m pillarbox.config --markdown``) are all
+derived from it, so they cannot drift apart.
+
+Every problem is reported as ``file:line: dotted.key: what is wrong``, and all
+of them are collected before :class:`ConfigError` is raised. tomllib gives no
+line numbers for values, so :class:`_Locator` maps dotted keys to lines by
+scanning the raw text.
+
+Relative paths in the file are relative to the file's directory (so are the
+defaults when a file is given); on the command line, or with no file, they
+are relative to the current directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import inspect
+import ipaddress
+import json
+import math
+import os
+import re
+import socket
+import sys
+import tomllib
+from bisect import bisect_right
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import Field, dataclass, field, fields
+from fractions import Fraction
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used.
+
+    ``errors`` holds one line per problem, ``file:line: key: what is wrong``;
+    ``str()`` of the exception is those lines joined by newlines.
+    """
+
+    def __init__(self, errors: Sequence[str]) -> None:
+        self.errors = list(errors)
+        super().__init__("\n".join(self.errors))
+
+
+# --- units -------------------------------------------------------------------
+
+_SIZE_UNITS = {"": 1, "b": 1}
+for _power, _prefix in enumerate("kmgt", start=1):
+    for _suffix in ("", "b", "ib"):
+        _SIZE_UNITS[_prefix + _suffix] = 1024**_power
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]*)", re.IGNORECASE | re.ASCII)
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*", re.IGNORECASE | re.ASCII)
+
+
+def parse_size(text: str | int) -> int:
+    """A size in bytes: a non-negative integer, or a string with a unit.
+
+    Units are 1024-based whatever their spelling: ``"512k"``, ``"512K"``,
+    ``"512KB"`` and ``"512KiB"`` are all 524288; likewise M, G and T. A plain
+    number (``"2048"``) or ``"2048B"`` is bytes. Raises :class:`ValueError`.
+    """
+    if isinstance(text, bool) or not isinstance(text, (int, str)):
+        raise ValueError(f"not a size: {text!r}")  # noqa: TRY004 - one error for any bad value
+    if isinstance(text, int):
+        if text < 0:
+            raise ValueError(f"not a size: {text!r}")
+        return text
+    m = _SIZE.fullmatch(text.strip())
+    if m is None or m[2].lower() not in _SIZE_UNITS:
+        raise ValueError(f"not a size: {text!r}")
+    return int(Fraction(m[1]) * _SIZE_UNITS[m[2].lower()])
+
+
+def parse_duration(text: str | float) -> float:
+    """A duration in seconds: a non-negative number, or a string with units.
+
+    Units: ``ms``, ``s``, ``m`` (minutes), ``h``, ``d``, ``w``; parts add up, so
+    ``"1h30m"`` is 5400. A bare number (``"300"``) is seconds, but only alone.
+    Raises :class:`ValueError`.
+    """
+    if isinstance(text, bool) or not isinstance(text, (int, float, str)):
+        raise ValueError(f"not a duration: {text!r}")  # noqa: TRY004 - as in parse_size
+    if isinstance(text, (int, float)):
+        if not math.isfinite(text) or text < 0:
+            raise ValueError(f"not a duration: {text!r}")
+        return float(text)
+    s = text.strip()
+    if not s:
+        raise ValueError(f"not a duration: {text!r}")
+    total, pos = 0.0, 0
+    while pos < len(s):
+        m = _DURATION_PART.match(s, pos)
+        if m is None or (m[2] is None and (pos > 0 or m.end() < len(s))):
+            raise ValueError(f"not a duration: {text!r}")
+        total += float(m[1]) * _DURATION_UNITS[(m[2] or "s").lower()]
+        pos = m.end()
+    return total
+
+
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", re.IGNORECASE | re.ASCII)
+
+
+def _is_domain(name: str) -> bool:
+    """A domain name in ASCII (RFC 1035 §2.3.1, RFC 1123 §2.1); IDNs as A-labels."""
+    if not name or len(name) > 253:
+        return False
+    labels = name.split(".")
+    return all(_LABEL.fullmatch(label) for label in labels) and not labels[-1].isdigit()
+
+
+def default_hostname() -> str:
+    """This machine's fully qualified domain name if it has a dot, else ``localhost``."""
+    name = socket.getfqdn().rstrip(".")
+    return name if "." in name and _is_domain(name) else "localhost"
+
+
+def parse_listen_address(text: str) -> tuple[str, int]:
+    """``"host:port"`` to ``(host, port)``; IPv6 in brackets (``"[::1]:25"``, RFC 3986 §3.2.2).
+
+    The host is returned without brackets. Raises :class:`ValueError` saying why.
+    """
+    host, colon, port = text.strip().rpartition(":")
+    if not colon:
+        raise ValueError('no port; write "host:port"')
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address") from None
+    elif ":" in host:
+        raise ValueError('IPv6 addresses go in brackets, as in "[::1]:25"')
+    elif not host:
+        raise ValueError('no host; use "0.0.0.0" or "[::]" for every address')
+    elif re.fullmatch(r"[0-9.]+", host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv4 address") from None
+    elif not _is_domain(host):
+        raise ValueError(f"{host!r} is not a host name or IP address")
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError("the port must be a number from 1 to 65535")
+    return host, int(port)
+
+
+# --- kinds: how a value is written, checked and converted -----------------------
+
+
+def _toml(value: object) -> str:
+    """A value as it would be written in TOML, for messages and the reference."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "a table"
+    return f"{value}"  # dates and times
+
+
+def _got(value: object) -> str:
+    shown = _toml(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
+class _Invalid(Exception):
+    """A value does not fit its kind: a message, or (array item, message) pairs."""
+
+    def __init__(self, *problems: str | tuple[int | None, str]) -> None:
+        super().__init__(problems)
+        self.problems = [p if isinstance(p, tuple) else (None, p) for p in problems]
+
+
+class _Kind:
+    """How one configuration value is written, checked and converted."""
+
+    type_doc = "value"  # the type, as the reference shows it
+    expected = "a value"  # completes "expected ..."
+
+    def convert(self, value: object, base: Path | None) -> Any:
+        """The typed value, else raise :class:`_Invalid`. ``base`` resolves relative
+        paths (``None``: leave them relative, for the dataclasses' own defaults)."""
+        raise NotImplementedError
+
+    def from_text(self, text: str) -> object:
+        """A command-line string as the value the file would hold."""
+        return text
+
+    def show_default(self, raw: object) -> str:
+        return f"`{_toml(raw)}`"
+
+    def reject(self, value: object) -> _Invalid:
+        return _Invalid(f"expected {self.expected}, got {_got(value)}")
+
+
+class _Str(_Kind):
+    def __init__(
+        self,
+        check: Callable[[str], bool] | None = None,
+        type_doc: str = "string",
+        expected: str = "a string",
+    ) -> None:
+        self.check = check or (lambda value: True)
+        self.type_doc, self.expected = type_doc, expected
+
+    def convert(self, value: object, base: Path | None) -> str:
+        if not isinstance(value, str) or not self.check(value):
+            raise self.reject(value)
+        return value
+
+
+# Sub-address separators: characters of a local part's atext (RFC 5322 §3.2.3), and ".".
+_DELIMITERS = "!#$%&'*+-/=?^_`{|}~."
+
+
+class _Choice(_Kind):
+    def __init__(self, *options: str) -> None:
+        self.options = options
+        self.type_doc = "one of " + ", ".join(f'`"{o}"`' for o in options)
+        self.expected = "one of " + ", ".join(f'"{o}"' for o in options)
+
+    def convert(self, value: object, base: Path | None) -> str:
+        if not isinstance(value, str) or value.lower() not in self.options:
+            raise self.reject(value)
+        return value.lower()
+
+
+class _Bool(_Kind):
+    type_doc = "boolean"
+    expected = "true or false"
+
+    def convert(self, value: object, base: Path | None) -> bool:
+        if not isinstance(value, bool):
+            raise self.reject(value)
+        return value
+
+    def from_text(self, text: str) -> object:
+        word = text.strip().lower()
+        if word in ("true", "yes", "on", "1"):
+            return True
+        return False if word in ("false", "no", "off", "0") else text
+
+
+class _Int(_Kind):
+    def __init__(self, lo: int, hi: int | None = None) -> None:
+        self.lo, self.hi = lo, hi
+        bounds = f">= {lo}" if hi is None else f"from {lo} to {hi}"
+        self.type_doc = f"integer {bounds}"
+        self.expected = f"an integer {bounds}"
+
+    def convert(self, value: object, base: Path | None) -> int:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or value < self.lo
+            or (self.hi is not None and value > self.hi)
+        ):
+            raise self.reject(value)
+        return value
+
+    def from_text(self, text: str) -> object:
+        try:
+            return int(text.strip())
+        except ValueError:
+            return text
+
+
+def _in_units(raw: object, units: Sequence[tuple[int, str]]) -> str:
+    """A default for the reference, with its value in a larger unit if it has one."""
+    assert isinstance(raw, (int, float))
+    for size, name in units:
+        if raw >= size and raw % size == 0:
+            return f"`{raw}` ({int(raw // size)} {name})"
+    return f"`{raw}`"
+
+
+class _Size(_Kind):
+    """Bytes, as an integer or a string with a 1024-based unit (:func:`parse_size`)."""
+
+    units_hint = 'a number of bytes, or with a unit: "512k", "50M", "1G"'
+
+    def __init__(self, lo: int = 0, *, zero: bool = False) -> None:
+        self.lo, self.zero = lo, zero
+        if lo == 0:
+            self.type_doc, self.expected = "size", f"a size ({self.units_hint})"
+        elif zero:
+            self.type_doc = f"size: 0, or >= {lo} bytes"
+            self.expected = f"0 or a size >= {lo} bytes ({self.units_hint})"
+        else:
+            self.type_doc = f"size >= {lo} bytes"
+            self.expected = f"a size >= {lo} bytes ({self.units_hint})"
+
+    def convert(self, value: object, base: Path | None) -> int:
+        try:
+            size = parse_size(value)  # type: ignore[arg-type]
+        except ValueError:
+            raise self.reject(value) from None
+        if size < self.lo and not (self.zero and size == 0):
+            raise self.reject(value)
+        return size
+
+    def show_default(self, raw: object) -> str:
+        return _in_units(raw, [(1024**3, "GiB"), (1024**2, "MiB"), (1024, "KiB")])
+
+
+class _Duration(_Kind):
+    """Seconds, as a number or a string with units (:func:`parse_duration`)."""
+
+    def __init__(self, lo: float = 0) -> None:
+        self.lo = lo
+        self.type_doc = f"duration >= {lo:g} s"
+        self.expected = (
+            f'a duration >= {lo:g} s (seconds, or with a unit: "300s", "5m", "1h", "2d")'
+        )
+
+    def convert(self, value: object, base: Path | None) -> float:
+        try:
+            seconds = parse_duration(value)  # type: ignore[arg-type]
+        except ValueError:
+            raise self.reject(value) from None
+        if seconds < self.lo:
+            raise self.reject(value)
+        return seconds
+
+    def show_default(self, raw: object) -> str:
+        return _in_units(raw, [(86400, "days"), (3600, "hours"), (60, "minutes")])
+
+
+class _Path(_Kind):
+    """A file system path; relative ones are resolved against the base directory."""
+
+    def __init__(self, *, optional: bool = False, must_exist: bool = False) -> None:
+        self.optional, self.must_exist = optional, must_exist
+        self.type_doc = 'path, or `""`' if optional else "path"
+        self.expected = 'a path or ""' if optional else "a path"
+
+    def convert(self, value: object, base: Path | None) -> Path | None:
+        if not isinstance(value, str) or (value == "" and not self.optional):
+            raise self.reject(value)
+        if value == "":
+            return None
+        try:
+            path = Path(value).expanduser()
+            if base is None:
+                return path
+            path = (base / path).resolve()
+        except (ValueError, OSError, RuntimeError) as e:
+            raise _Invalid(f"not a usable path: {e}") from None
+        if self.must_exist and not path.is_file():
+            raise _Invalid(f"no such file: {path}" if not path.exists() else f"not a file: {path}")
+        return path
+
+
+class _Listen(_Kind):
+    type_doc = 'array of `"host:port"` strings'
+    expected = 'an array of "host:port" strings'
+
+    def convert(self, value: object, base: Path | None) -> tuple[tuple[str, int], ...]:
+        if not isinstance(value, list):
+            raise self.reject(value)
+        addresses: list[tuple[str, int]] = []
+        problems: list[tuple[int | None, str]] = []
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                problems.append((i, f'expected a "host:port" string, got {_got(item)}'))
+                continue
+            try:
+                address = parse_listen_address(item)
+            except ValueError as e:
+                problems.append((i, f"{_got(item)}: {e}"))
+                continue
+            if address in addresses:
+                problems.append((i, f"{_got(item)} is listed twice"))
+            addresses.append(address)
+        if problems:
+            raise _Invalid(*problems)
+        return tuple(addresses)
+
+    def from_text(self, text: str) -> object:
+        """A TOML array, or comma-separated addresses: ``0.0.0.0:25,[::]:25``."""
+        if text.lstrip().startswith("["):
+            try:
+                value = tomllib.loads(f"v = {text}")["v"]
+            except tomllib.TOMLDecodeError:
+                pass
+            else:
+                if isinstance(value, list):
+                    return value
+        return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _option(kind: _Kind, default: object, doc: str, *, default_doc: str = "") -> Any:
+    """A schema entry: a dataclass field whose metadata carries its kind and description.
+
+    ``default`` is written as in the file (a callable computes it at load time);
+    ``doc`` is Markdown for the reference.
+    """
+    meta = {"kind": kind, "default": default, "doc": doc, "default_doc": default_doc}
+    if callable(default):
+        return field(default_factory=default, metadata=meta)
+    return field(default=kind.convert(default, None), metadata=meta)
+
+
+# --- the schema ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerConfig:
+    """The server as a whole: its name, where it keeps its state, its processes."""
+
+    hostname: str = _option(
+        _Str(
+            _is_domain,
+            "domain name",
+            'a domain name such as "mail.example.com" (IDNs in their xn-- form)',
+        ),
+        default_hostname,
+        "The name Pillarbox gives itself in the SMTP greeting, the EHLO reply and the "
+        "`Received:` headers it adds (RFC 5321 §4.1.1.1, §4.4). On the Internet: the name "
+        "your MX record points to, whose address has a matching PTR record.",
+        default_doc="the machine's fully qualified domain name if it contains a dot, "
+        'else `"localhost"`',
+    )
+    data_dir: Path = _option(
+        _Path(),
+        "./pillarbox-data",
+        "All state: the database (domains, accounts, aliases, mailboxes, the queue), "
+        "the spool and message blobs, and the generated TLS certificate.",
+    )
+    workers: int = _option(
+        _Int(0, 256),
+        0,
+        "Protocol worker processes sharing the listening sockets. `0`: one per CPU.",
+    )
+    user: str = _option(
+        _Str(),
+        "",
+        "When started as root, drop privileges to this user once the ports are bound. "
+        '`""`: stay the user Pillarbox was started as.',
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogConfig:
+    """What Pillarbox logs, and where."""
+
+    format: str = _option(
+        _Choice("text", "json"),
+        "text",
+        '`"text"`: one line per event, for people; `"json"`: one JSON object per line, '
+        "for log collectors.",
+    )
+    level: str = _option(
+        _Choice("debug", "info", "warning", "error"),
+        "info",
+        "The least severe level that is logged.",
+    )
+    file: Path | None = _option(
+        _Path(optional=True),
+        "",
+        'A file to append the log to. `""`: standard error.',
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SMTPConfig:
+    """Receiving mail over SMTP (RFC 5321), as the MX of the local domains.
+
+    The limits protect the server from clients that are broken or hostile; where
+    RFC 5321 sets a minimum, the description says so.
+    """
+
+    listen: tuple[tuple[str, int], ...] = _option(
+        _Listen(),
+        ["127.0.0.1:2525"],
+        'Addresses to accept SMTP connections on, as `"host:port"`; IPv6 addresses in '
+        'brackets (`"[::1]:2525"`); `"0.0.0.0:25"` and `"[::]:25"` for every address. '
+        "Port 25 is the standard one for MX. An empty array: no SMTP listener.",
+    )
+    max_message_size: int = _option(
+        _Size(),
+        52428800,
+        "The largest message accepted, advertised with the SIZE extension (RFC 1870). "
+        "`0`: no limit.",
+    )
+    max_recipients: int = _option(
+        _Int(1),
+        1000,
+        "Recipients per message; past it, RCPT TO is answered 452 4.5.3 "
+        "(RFC 5321 §4.5.3.1.8 asks for at least 100).",
+    )
+    max_command_line: int = _option(
+        _Size(512),
+        2048,
+        "The longest command line, including CRLF (RFC 5321 §4.5.3.1.4: at least 512).",
+    )
+    max_text_line: int = _option(
+        _Size(1000, zero=True),
+        1000,
+        "The longest line of message text, including CRLF (RFC 5321 §4.5.3.1.6: 1000). "
+        "`0`: no limit.",
+    )
+    max_errors: int = _option(
+        _Int(1),
+        20,
+        "Protocol errors in one session before Pillarbox answers 421 4.7.0 and disconnects.",
+    )
+    max_received_headers: int = _option(
+        _Int(1),
+        50,
+        "A message with more `Received:` headers than this is taken to be in a mail loop "
+        "and refused with 554 5.4.6 (RFC 5321 §6.3).",
+    )
+    command_timeout: float = _option(
+        _Duration(1),
+        300,
+        "How long to wait for the next command (RFC 5321 §4.5.3.2.7: at least 5 minutes).",
+    )
+    data_timeout: float = _option(
+        _Duration(1),
+        600,
+        "How long to wait for more message text inside DATA or BDAT. RFC 5321 gives the "
+        "server no figure for this; 10 minutes is generous to slow senders, and more than "
+        "the 5 minutes of §4.5.3.2.7.",
+    )
+    max_connections: int = _option(
+        _Int(1),
+        1000,
+        "SMTP connections open at once, for the whole server.",
+    )
+    max_connections_per_ip: int = _option(
+        _Int(1),
+        50,
+        "SMTP connections open at once from one client IP address.",
+    )
+    starttls: bool = _option(
+        _Bool(),
+        True,
+        "Offer STARTTLS (RFC 3207). Without it, mail arrives in clear text.",
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TLSConfig:
+    """The certificate Pillarbox presents for TLS.
+
+    With neither file set, a self-signed certificate for `server.hostname` is
+    generated in `server.data_dir`: enough for development and for opportunistic
+    STARTTLS between servers, but mail clients will warn about it.
+    """
+
+    certificate: Path | None = _option(
+        _Path(optional=True, must_exist=True),
+        "",
+        "PEM file with the certificate chain, the server's own certificate first. "
+        '`""`: the generated self-signed certificate. Set both `certificate` and '
+        "`private_key`, or neither; the file must exist.",
+    )
+    private_key: Path | None = _option(
+        _Path(optional=True, must_exist=True),
+        "",
+        "PEM file with the private key of `certificate`. Set both or neither; the file must exist.",
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeliveryConfig:
+    """Delivery to local mailboxes."""
+
+    recipient_delimiter: str = _option(
+        _Str(
+            lambda value: all(c in _DELIMITERS for c in value),
+            "string of separator characters",
+            f'"" or characters from {_DELIMITERS}',
+        ),
+        "+",
+        'Sub-addressing: each character separates a user from a detail, so with `"+"` '
+        "mail to `alice+lists@example.com` is delivered to `alice@example.com`. Several "
+        'characters (`"+-"`) are several separators; `""` turns sub-addressing off.',
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueConfig:
+    """The queue: messages accepted and not yet delivered."""
+
+    min_free_space: int = _option(
+        _Size(),
+        104857600,
+        "When the file system holding the spool has less free space than this, "
+        "MAIL FROM is answered 452 4.3.1 and senders try again later. `0`: no check.",
+    )
+    delivery_batch: int = _option(
+        _Int(1, 100000),
+        500,
+        "The most queue entries the queue manager takes into one delivery transaction. "
+        "Larger batches cost fewer commits under load; the manager never holds more than "
+        "this many entries in memory, however long the queue.",
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """The whole configuration; built by :func:`load_config`, passed to what needs it."""
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    smtp: SMTPConfig = field(default_factory=SMTPConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+
+    @property
+    def workers_effective(self) -> int:
+        """``server.workers``, with 0 resolved to the number of CPUs."""
+        return self.server.workers or os.cpu_count() or 1
+
+
+_SECTIONS: dict[str, type] = {f.name: f.default_factory for f in fields(Config)}  # type: ignore[misc]
+
+
+# Every option, by dotted key, in declaration order.
+_OPTIONS: dict[str, Field[Any]] = {
+    f"{section}.{f.name}": f for section, cls in _SECTIONS.items() for f in fields(cls)
+}
+
+
+# --- locating keys in the raw text ----------------------------------------------
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_SCALAR = re.compile(r"[^,\]}\r\n#]*")
+
+
+class _Locator:
+    """Maps dotted keys to 1-based line numbers in the text of a TOML document.
+
+    Knows table headers (``[a.b]``, ``[[a.b]]``), ``key = value`` lines, dotted
+    and quoted keys, and keys of inline tables; skips strings (multi-line ones
+    too), arrays and comments. Array items are located as ``key[0]``, ``key[1]``.
+    It runs only on text that tomllib has accepted, so it need not diagnose
+    anything; on the unexpected it stops and knows less.
+    """
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        self._i = 0
+        self._starts = [0] + [m.end() for m in re.finditer("\n", text)]
+        self._lines: dict[str, int] = {}
+        try:
+            self._document()
+        except IndexError:  # pragma: no cover - defensive; tomllib accepted the text
+            pass
+
+    def line(self, key: str) -> int | None:
+        """The line of ``key``, else of its nearest enclosing key, else None."""
+        while key:
+            if key in self._lines:
+                return self._lines[key]
+            key = key[: key.rindex("[")] if key.endswith("]") else key.rpartition(".")[0]
+        return None
+
+    # The scanner. ``_i`` is the position in the text.
+
+    def _here(self) -> int:
+        return bisect_right(self._starts, self._i)
+
+    def _peek(self) -> str:
+        return self._text[self._i : self._i + 1]
+
+    def _record(self, keys: Sequence[str], line: int) -> None:
+        for n in range(1, len(keys) + 1):
+            self._lines.setdefault(".".join(keys[:n]), line)
+
+    def _skip(self, newlines: bool) -> None:
+        """Skip blanks and comments, and line ends too if ``newlines``."""
+        text, n = self._text, len(self._text)
+        while self._i < n:
+            c = text[self._i]
+            if c in " \t" or (newlines and c in "\r\n"):
+                self._i += 1
+            elif c == "#":
+                end = text.find("\n", self._i)
+                self._i = n if end < 0 else end
+            else:
+                return
+
+    def _document(self) -> None:
+        table: tuple[str, ...] = ()
+        while True:
+            self._skip(newlines=True)
+            if self._i >= len(self._text):
+                return
+            start, line = self._i, self._here()
+            if self._peek() == "[":
+                double = self._text.startswith("[[", self._i)
+                self._i += 2 if double else 1
+                table = self._key()
+                self._record(table, line)
+                self._skip(newlines=False)
+                self._i += 2 if double else 1
+            else:
+                keys = table + self._key()
+                self._record(keys, line)
+                self._value(keys)
+            if self._i == start:  # pragma: no cover - defensive
+                self._i += 1
+
+    def _key(self) -> tuple[str, ...]:
+        """A dotted key, and the "=" after it if there is one."""
+        parts: list[str] = []
+        while True:
+            self._skip(newlines=False)
+            c = self._peek()
+            if c == '"':
+                parts.append(self._basic_string())
+            elif c == "'":
+                parts.append(self._literal_string())
+            else:
+                m = _BARE_KEY.match(self._text, self._i)
+                if m is None:
+                    break
+                parts.append(m[0])
+                self._i = m.end()
+            self._skip(newlines=False)
+            if self._peek() != ".":
+                break
+            self._i += 1
+        if self._peek() == "=":
+            self._i += 1
+        return tuple(parts)
+
+    def _basic_string(self) -> str:
+        text, start = self._text, self._i + 1
+        i = start
+        while i < len(text) and text[i] != '"':
+            i += 2 if text[i] == "\\" else 1
+        self._i = i + 1
+        raw = text[start:i]
+        try:
+            return str(json.loads(f'"{raw}"'))
+        except ValueError:
+            return raw
+
+    def _literal_string(self) -> str:
+        end = self._text.find("'", self._i + 1)
+        end = len(self._text) if end < 0 else end
+        value = self._text[self._i + 1 : end]
+        self._i = end + 1
+        return value
+
+    def _multiline_string(self, quote: str) -> None:
+        text, i = self._text, self._i + 3
+        while i < len(text) and not text.startswith(quote * 3, i):
+            i += 2 if quote == '"' and text[i] == "\\" else 1
+        i += 3
+        while i < len(text) and text[i] == quote:  # up to two quotes may end the content
+            i += 1
+        self._i = i
+
+    def _value(self, key: tuple[str, ...] | None) -> None:
+        """Skip one value; record the keys of inline tables and lines of array items."""
+        self._skip(newlines=False)
+        text, c = self._text, self._peek()
+        if text.startswith('"""', self._i) or text.startswith("'''", self._i):
+            self._multiline_string(c)
+        elif c == '"':
+            self._basic_string()
+        elif c == "'":
+            self._literal_string()
+        elif c in "[{":
+            self._compound(key, "]" if c == "[" else "}")
+        else:
+            m = _SCALAR.match(text, self._i)
+            self._i = m.end() if m else self._i + 1
+
+    def _compound(self, key: tuple[str, ...] | None, close: str) -> None:
+        """An array (``close`` is "]") or an inline table ("}"), from its opening bracket."""
+        self._i += 1
+        index = 0
+        while True:
+            self._skip(newlines=True)
+            if self._peek() in (close, ""):
+                self._i += 1
+                return
+            start, line, inner = self._i, self._here(), None
+            if close == "}":
+                keys = self._key()
+                inner = key + keys if key is not None else None
+            elif key:
+                inner = key[:-1] + (f"{key[-1]}[{index}]",)
+                index += 1
+            if inner:
+                self._record(inner, line)
+            self._value(inner)
+            self._skip(newlines=True)
+            if self._peek() == "," or self._i == start:
+                self._i += 1
+
+
+# --- loading -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Origin:
+    """Where a value came from: the label errors start with, and how to find lines."""
+
+    label: str
+    locator: _Locator | None = None
+
+    def problem(self, key: str, message: str, at: str = "") -> tuple[float, str]:
+        """An error line about ``key`` (located by ``at``, or by the key itself),
+        with the number it is sorted by: its line, those without one last."""
+        line = self.locator.line(at or key) if self.locator else None
+        where = f"{self.label}:{line}" if line else self.label
+        return (line or math.inf), f"{where}: {key}: {message}"
+
+
+_COMMAND_LINE = _Origin("command line")
+_DEFAULT = _Origin("default")
+_NO_OVERRIDES: Mapping[str, str] = MappingProxyType({})
+
+
+def _unknown(key: str) -> str:
+    """Say that ``key`` is unknown, and suggest what was probably meant (difflib)."""
+    section, dot, name = key.partition(".")
+    if dot and section in _SECTIONS:
+        names = [f.name for f in fields(_SECTIONS[section])]
+        close = [f"{section}.{m}" for m in difflib.get_close_matches(name, names, n=1)]
+    else:
+        close = difflib.get_close_matches(key, list(_OPTIONS if dot else _SECTIONS), n=1)
+    if not close:  # the right name in the wrong place: hostname in [smtp]
+        last = key.rpartition(".")[2]
+        close = [dotted for dotted in _OPTIONS if dotted.rpartition(".")[2] == last]
+    return f"unknown {'key' if dot else 'section'}" + (
+        f'; did you mean "{close[0]}"?' if close else ""
+    )
+
+
+def _read(path: Path) -> tuple[dict[str, Any], _Locator]:
+    """Parse the file; any failure here is the only error reported."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read the file: {e.strerror or e}"]) from None
+    try:
+        text = data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ConfigError([f"{path}:{line}: not UTF-8 text, as TOML requires"]) from None
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([_syntax_error(path, text, e)]) from None
+    return document, _Locator(text)
+
+
+def _syntax_error(path: Path, text: str, error: tomllib.TOMLDecodeError) -> str:
+    message = str(error)
+    if m := re.fullmatch(r"(.*) \(at line (\d+), column (\d+)\)", message, re.DOTALL):
+        return f"{path}:{m[2]}:{m[3]}: TOML syntax error: {m[1]}"
+    if m := re.fullmatch(r"(.*) \(at end of document\)", message, re.DOTALL):
+        last = text.split("\n")
+        return f"{path}:{len(last)}:{len(last[-1]) + 1}: TOML syntax error: {m[1]}"
+    return f"{path}: TOML syntax error: {message}"  # pragma: no cover
+
+
+def load_config(path: Path | str | None, overrides: Mapping[str, str] = _NO_OVERRIDES) -> Config:
+    """Defaults, then the TOML file at ``path`` (if any), then ``overrides``.
+
+    ``overrides`` maps dotted keys to strings as typed on a command line
+    (``{"smtp.max_recipients": "50"}``); each is converted to its key's type.
+    Raises :class:`ConfigError` with every problem found.
+    """
+    problems: list[tuple[float, str]] = []
+    cwd = Path.cwd()
+    given: dict[str, tuple[object, _Origin, Path]] = {}
+    if path is None:
+        default_origin, base = _DEFAULT, cwd
+    else:
+        path = Path(path)
+        document, locator = _read(path)
+        default_origin, base = _Origin(str(path)), path.parent.resolve()
+        origin = _Origin(str(path), locator)
+        for section, table in document.items():
+            if section not in _SECTIONS:
+                problems.append(origin.problem(section, _unknown(section)))
+            elif not isinstance(table, dict):
+                message = f"expected a table [{section}], got {_got(table)}"
+                problems.append(origin.problem(section, message))
+            else:
+                for name, value in table.items():
+                    key = f"{section}.{name}"
+                    if key in _OPTIONS:
+                        given[key] = (value, origin, base)
+                    else:
+                        problems.append(origin.problem(key, _unknown(key)))
+    for key, text in overrides.items():
+        if key in _OPTIONS:
+            given[key] = (_OPTIONS[key].metadata["kind"].from_text(text), _COMMAND_LINE, cwd)
+        else:
+            problems.append(_COMMAND_LINE.problem(key, _unknown(key)))
+
+    values: dict[str, Any] = {}
+    for key, f in _OPTIONS.items():
+        if key in given:
+            value, origin, value_base = given[key]
+        else:
+            default = f.metadata["default"]
+            value = default() if callable(default) else default
+            origin, value_base = default_origin, base
+        try:
+            values[key] = f.metadata["kind"].convert(value, value_base)
+        except _Invalid as invalid:
+            for item, message in invalid.problems:
+                at = key if item is None else f"{key}[{item}]"
+                problems.append(origin.problem(key, message, at))
+
+    # Rules that involve more than one key.
+    pair = ("tls.certificate", "tls.private_key")
+    for key, other in (pair, pair[::-1]):
+        if values.get(key) and other in values and not values[other]:
+            origin = given[key][1] if key in given else default_origin
+            problems.append(origin.problem(key, f"set without {other}; set both or neither"))
+    if problems:
+        raise ConfigError([message for _, message in sorted(problems, key=lambda p: p[0])])
+    sections = {
+        section: cls(**{f.name: values[f"{section}.{f.name}"] for f in fields(cls)})
+        for section, cls in _SECTIONS.items()
+    }
+    return Config(**sections)
+
+
+def check_config(path: Path | str) -> list[str]:
+    """The problems with the file at ``path``, one line each; empty if it is fine.
+
+    For ``pillarbox config check``.
+    """
+    try:
+        load_config(path)
+    except ConfigError as e:
+        return e.errors
+    return []
+
+
+# --- the reference ---------------------------------------------------------------
+
+
+def reference_markdown() -> str:
+    """The reference of every section and key, as in ``docs/configuration.md``."""
+    out: list[str] = []
+    for section, cls in _SECTIONS.items():
+        out.append(f"### `[{section}]`\n\n{inspect.cleandoc(cls.__doc__ or '')}")
+        for f in fields(cls):
+            kind: _Kind = f.metadata["kind"]
+            default = f.metadata["default_doc"] or kind.show_default(f.metadata["default"])
+            out.append(f"#### `{section}.{f.name}`\n\n*{kind.type_doc}*, default {default}")
+            out.append(f.metadata["doc"])
+    return "\n\n".join(out) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pillarbox.config", description="Pillarbox configuration tools."
+    )
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--markdown", action="store_true", help="print the reference")
+    group.add_argument("--check", metavar="FILE", type=Path, help="check a configuration file")
+    args = parser.parse_args(argv)
+    if args.markdown:
+        sys.stdout.write(reference_markdown())
+        return 0
+    errors = check_config(args.check)
+    sys.stderr.writelines(f"{line}\n" for line in errors)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,94 @@
+"""Who a recipient address is: local accounts, aliases, catch-alls, sub-addresses.
+
+The same resolution runs twice: at RCPT time, so that unknown local
+recipients are refused there (550 5.1.1) and never bounced later
+(DESIGN.md, security stance: no backscatter), and at delivery time, to find
+the mailboxes.  Order, for ``local+tag@domain``:
+
+1. an alias or account named exactly ``local+tag@domain``;
+2. with sub-addressing (RFC 5233's ``user+detail``), the same for ``local@domain``;
+3. the domain's catch-all alias ``@domain``.
+
+Aliases expand recursively (one to many), to a bounded depth; targets that
+are not local accounts make the alias unusable for now, since forwarding to
+other post offices arrives with outbound delivery.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pillarbox.store.base import Account
+
+MAX_ALIAS_DEPTH = 10
+
+
+class Verdict(enum.Enum):
+    LOCAL = "local"          # deliver to ``accounts``
+    UNKNOWN = "unknown"      # local domain, no such user: 550 5.1.1
+    REMOTE = "remote"        # not one of our domains: relay (denied without auth)
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    verdict: Verdict
+    accounts: tuple[Account, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Directory:
+    """The lookups resolution needs, bound to a store connection."""
+
+    is_local_domain: Callable[[str], bool]
+    find_account: Callable[[str], Account | None]
+    alias_targets: Callable[[str], list[str]]
+
+
+def split_address(address: str) -> tuple[str, str]:
+    local, _, domain = address.rpartition("@")
+    return local, domain
+
+
+def normalize(local: str, domain: str) -> str:
+    """Lookup key: local parts are matched without case, as most servers do."""
+    return f"{local.lower()}@{domain.lower()}"
+
+
+def resolve(directory: Directory, local: str, domain: str, delimiters: str) -> Resolution:
+    """Resolve ``local@domain`` (domain in ASCII A-label form)."""
+    domain = domain.lower()
+    if not directory.is_local_domain(domain):
+        return Resolution(Verdict.REMOTE)
+    candidates = [normalize(local, domain)]
+    if delimiters:
+        cut = min((i for i in (local.find(d) for d in delimiters) if i > 0), default=-1)
+        if cut > 0:
+            candidates.append(normalize(local[:cut], domain))
+    candidates.append(f"@{domain}")
+    for key in candidates:
+        accounts = _expand(directory, key, 0, set())
+        if accounts is not None:
+            return Resolution(Verdict.LOCAL, tuple(accounts)) if accounts else Resolution(
+                Verdict.UNKNOWN
+            )
+    return Resolution(Verdict.UNKNOWN)
+
+
+def _expand(directory: Directory, key: str, depth: int, seen: set[str]) -> list[Account] | None:
+    """Accounts that ``key`` reaches, or None if ``key`` names nothing."""
+    if key in seen or depth > MAX_ALIAS_DEPTH:
+        return []
+    seen.add(key)
+    targets = directory.alias_targets(key)
+    if targets:
+        found: dict[int, Account] = {}
+        for target in targets:
+            for account in _expand(directory, target.lower(), depth + 1, seen) or ():
+                found.setdefault(account.id, account)
+        return list(found.values())
+    account = directory.find_account(key)
+    if account is not None:
+        return [account]
+    return None

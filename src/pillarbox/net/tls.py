@@ -1,0 +1,67 @@
+"""TLS contexts, and the self-signed certificate of the development defaults."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import ssl
+from pathlib import Path
+
+
+def server_context(certificate: Path, private_key: Path) -> ssl.SSLContext:
+    """A server context: TLS 1.2 or newer, the system's default ciphers."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(certificate, private_key)
+    # Mail servers are reached by name through MX records that rarely match
+    # client expectations; the client decides what it checks (RFC 7672, 8461).
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def ensure_self_signed(directory: Path, hostname: str) -> tuple[Path, Path]:
+    """Create (once) a self-signed certificate for ``hostname`` in ``directory``."""
+    cert_path = directory / "selfsigned.crt"
+    key_path = directory / "selfsigned.key"
+    if cert_path.exists() and key_path.exists():
+        return cert_path, key_path
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    sans: list[x509.GeneralName] = [x509.DNSName(hostname)]
+    if hostname != "localhost":
+        sans.append(x509.DNSName("localhost"))
+    sans.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+    sans.append(x509.IPAddress(ipaddress.ip_address("::1")))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=825))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    tmp_key = key_path.with_suffix(".tmp")
+    fd = os.open(tmp_key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    os.replace(tmp_key, key_path)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return cert_path, key_path

@@ -1,0 +1,667 @@
+"""The SMTP server core, sans-IO (RFC 5321 with its service extensions).
+
+Bytes go in with ``receive_data()``; ``next_event()`` returns the next event
+(``pillarbox.protocols.smtp.events``), ``NEED_DATA`` or ``PAUSED``; replies
+accumulate and are taken with ``data_to_send()``.  The core owns syntax,
+sequence and limits; the session layer above it decides on senders,
+recipients and messages through ``respond()``.
+
+Extensions: PIPELINING (RFC 2920), SIZE (RFC 1870), 8BITMIME (RFC 6152),
+SMTPUTF8 (RFC 6531), ENHANCEDSTATUSCODES (RFC 2034), CHUNKING (RFC 3030),
+DSN (RFC 3461), STARTTLS (RFC 3207).
+
+Strict line endings close SMTP smuggling: only CRLF ends a command line, only
+``CRLF . CRLF`` ends DATA, and a bare CR or LF anywhere makes the command or
+the message refused (RFC 5321 2.3.8 and 4.1.1.4).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from pillarbox.protocols.smtp import events as ev
+from pillarbox.protocols.smtp.address import parse_path, split_argument
+from pillarbox.protocols.smtp.params import parse_mail_params, parse_params, parse_rcpt_params
+from pillarbox.protocols.smtp.reply import (
+    ARG_SYNTAX_ERROR,
+    BAD_SEQUENCE,
+    BARE_LINE_ENDING,
+    LINE_TOO_LONG,
+    MAIL_LOOP,
+    MESSAGE_TOO_BIG,
+    NOT_IMPLEMENTED,
+    OK,
+    PARAM_NOT_IMPLEMENTED,
+    SYNTAX_ERROR,
+    TOO_MANY_ERRORS,
+    TOO_MANY_RECIPIENTS,
+    RemoteProtocolError,
+    Reply,
+)
+
+# Content of DATA is handed on in pieces of about this size, so that a
+# session never holds a whole message (the spool gets it as it comes).
+_FLUSH = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The limits of RFC 5321 4.5.3 and the configuration (0 means none)."""
+
+    max_message_size: int = 52428800
+    max_recipients: int = 1000
+    max_command_line: int = 2048
+    max_text_line: int = 1000
+    max_errors: int = 20
+    max_received_headers: int = 50
+
+
+class State(enum.Enum):
+    """Where a session stands (RFC 5321 4.1.4 command ordering)."""
+
+    GREETED = "greeted"          # banner sent, no HELO/EHLO yet
+    READY = "ready"              # HELO/EHLO done, no transaction
+    MAIL = "mail"                # MAIL accepted, no recipient yet
+    RCPT = "rcpt"                # at least one recipient accepted
+    DATA = "data"                # reading DATA content
+    BDAT = "bdat"                # reading a BDAT chunk
+    BDAT_WAIT = "bdat_wait"      # between BDAT chunks, transaction open
+    TLS = "tls"                  # 220 to STARTTLS sent, handshake pending
+    CLOSED = "closed"
+
+
+S = State
+_HELLOED = frozenset({S.READY, S.MAIL, S.RCPT, S.BDAT_WAIT})
+
+# The one table of the state machine: for each command, the states in which
+# it is accepted, and the reply when it is not.  Commands absent from a state
+# get the reply given; commands not in the table at all are unknown (500).
+_SEQUENCE: dict[str, tuple[frozenset[State], Reply]] = {
+    "EHLO": (frozenset({S.GREETED, S.READY, S.MAIL, S.RCPT, S.BDAT_WAIT}), BAD_SEQUENCE),
+    "HELO": (frozenset({S.GREETED, S.READY, S.MAIL, S.RCPT, S.BDAT_WAIT}), BAD_SEQUENCE),
+    "MAIL": (
+        frozenset({S.READY}),
+        Reply(503, "5.5.1", "Bad sequence of commands: send HELO/EHLO first, or RSET"),
+    ),
+    "RCPT": (frozenset({S.MAIL, S.RCPT}), Reply(503, "5.5.1", "Bad sequence: need MAIL first")),
+    "DATA": (frozenset({S.MAIL, S.RCPT}), Reply(503, "5.5.1", "Bad sequence: need MAIL and RCPT")),
+    "BDAT": (frozenset(_HELLOED | {S.GREETED}), BAD_SEQUENCE),
+    "RSET": (frozenset(_HELLOED | {S.GREETED}), BAD_SEQUENCE),
+    "NOOP": (frozenset(_HELLOED | {S.GREETED}), BAD_SEQUENCE),
+    "QUIT": (frozenset(_HELLOED | {S.GREETED}), BAD_SEQUENCE),
+    "VRFY": (frozenset(_HELLOED | {S.GREETED}), BAD_SEQUENCE),
+    "EXPN": (frozenset(_HELLOED | {S.GREETED}), BAD_SEQUENCE),
+    "HELP": (frozenset(_HELLOED | {S.GREETED}), BAD_SEQUENCE),
+    "STARTTLS": (frozenset({S.GREETED, S.READY}), BAD_SEQUENCE),
+}
+
+# Transitions after a decision of the session layer, by event kind and
+# whether the reply was positive.
+_AFTER_DECISION: dict[tuple[type, bool], State | None] = {
+    (ev.MailFrom, True): S.MAIL,
+    (ev.MailFrom, False): None,     # unchanged
+    (ev.RcptTo, True): S.RCPT,
+    (ev.RcptTo, False): None,
+    (ev.MessageEnd, True): S.READY,
+    (ev.MessageEnd, False): S.READY,
+}
+
+_OBSOLETE = frozenset({"SEND", "SOML", "SAML", "TURN", "ETRN", "ATRN", "AUTH"})
+
+_HELP = Reply(
+    214,
+    "2.0.0",
+    (
+        "Pillarbox SMTP; commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS",
+        "See RFC 5321",
+    ),
+)
+
+
+class SMTPServerConnection:
+    """One SMTP session seen from the server side, without any I/O."""
+
+    def __init__(
+        self,
+        hostname: str,
+        limits: Limits = Limits(),
+        *,
+        tls_available: bool = False,
+        tls_active: bool = False,
+    ) -> None:
+        self.hostname = hostname
+        self.limits = limits
+        self.tls_available = tls_available
+        self.tls_active = tls_active
+        self.state = S.GREETED
+        self.helo_name: str | None = None
+        self.esmtp = False
+        self.smtputf8 = False       # this transaction asked for SMTPUTF8
+        self.errors = 0
+        self.recipients = 0
+        self._in = bytearray()
+        self._out: list[bytes] = []
+        self._pending: ev.MailFrom | ev.RcptTo | ev.MessageEnd | None = None
+        self._skip_line = False     # discarding the rest of an over-long command line
+        # Message content state, shared by DATA and BDAT.
+        self._bol = True            # DATA: at the beginning of a line
+        self._size = 0
+        self._content_error: Reply | None = None
+        self._carry_cr = False      # content so far ends in CR
+        self._line_len = 0          # length of the current partial text line
+        self._in_headers = True
+        self._hdr_tail = b""
+        self._received = 0
+        self._bdat_left = 0
+        self._bdat_last = False
+        self._bdat_failed: Reply | None = None
+        self._resume_state = S.READY
+
+    # ------------------------------------------------------------ public API
+
+    def greeting(self, reply: Reply | None = None) -> None:
+        """Queue the 220 banner (RFC 5321 4.3.1); no enhanced code (RFC 2034 3)."""
+        self._send(reply or Reply(220, "", f"{self.hostname} ESMTP Pillarbox"))
+
+    def receive_data(self, data: bytes) -> None:
+        if self.state is S.TLS or self.state is S.CLOSED:
+            return  # bytes sent after STARTTLS before the handshake: discarded (RFC 3207 6)
+        self._in += data
+
+    def data_to_send(self) -> bytes:
+        out = b"".join(self._out)
+        self._out.clear()
+        return out
+
+    @property
+    def in_data(self) -> bool:
+        return self.state is S.DATA or self.state is S.BDAT
+
+    @property
+    def closed(self) -> bool:
+        return self.state is S.CLOSED
+
+    def respond(self, reply: Reply) -> None:
+        """Answer the pending ``MailFrom``, ``RcptTo`` or ``MessageEnd``."""
+        pending = self._pending
+        if pending is None:
+            raise RuntimeError("respond() without a pending event")
+        self._pending = None
+        new_state = _AFTER_DECISION[(type(pending), reply.is_positive)]
+        if isinstance(pending, ev.MessageEnd):
+            self._reset_transaction()
+        elif reply.is_positive and isinstance(pending, ev.RcptTo):
+            self.recipients += 1
+        elif reply.is_positive and isinstance(pending, ev.MailFrom):
+            self.smtputf8 = pending.params.smtputf8
+        if new_state is not None:
+            self.state = new_state
+        self._send(reply)
+        if not reply.is_positive and not isinstance(pending, ev.MessageEnd):
+            self._count_error()
+
+    def abort_message(self, reply: Reply) -> None:
+        """The session cannot keep this message (e.g. the disk is full): the core
+        reads the rest of it and answers ``reply`` instead of emitting MessageEnd."""
+        if self._content_error is None:
+            self._content_error = reply
+
+    def tls_established(self) -> None:
+        """The TLS handshake after STARTTLS succeeded: forget everything (RFC 3207 4.2)."""
+        self.tls_active = True
+        self.state = S.GREETED
+        self.helo_name = None
+        self.esmtp = False
+        self._in.clear()
+        self._reset_transaction()
+
+    def close(self, reply: Reply) -> None:
+        """Send a last reply (421 on time-out or shutdown) and close."""
+        if self.state is not S.CLOSED:
+            self._send(reply)
+            self.state = S.CLOSED
+
+    def next_event(self) -> ev.Event | ev._Sentinel:
+        """The next event; loops over steps that need nothing from the session."""
+        while True:
+            if self._pending is not None or self.state is S.TLS:
+                return ev.PAUSED
+            state = self.state
+            if state is S.CLOSED:
+                return ev.NEED_DATA
+            if state is S.DATA:
+                event = self._data_event()
+            elif state is S.BDAT:
+                event = self._bdat_event()
+            else:
+                event = self._command_event()
+            if event is not None:
+                return event
+
+    # -------------------------------------------------------------- internals
+
+    def _send(self, reply: Reply) -> None:
+        self._out.append(reply.render())
+
+    def _count_error(self) -> ev.Closing | None:
+        self.errors += 1
+        if self.errors >= self.limits.max_errors and self.state is not S.CLOSED:
+            self._send(TOO_MANY_ERRORS)
+            self.state = S.CLOSED
+            return ev.Closing(TOO_MANY_ERRORS)
+        return None
+
+    def _reset_transaction(self) -> None:
+        self.recipients = 0
+        self.smtputf8 = False
+        self._bol = True
+        self._size = 0
+        self._content_error = None
+        self._carry_cr = False
+        self._line_len = 0
+        self._in_headers = True
+        self._hdr_tail = b""
+        self._received = 0
+        self._bdat_left = 0
+        self._bdat_last = False
+        self._bdat_failed = None
+
+    # ---------------------------------------------------------- command lines
+
+    def _read_line(self) -> bytes | None | Reply:
+        """The next command line without CRLF, None if incomplete, or an error reply."""
+        buf = self._in
+        lf = buf.find(b"\n")
+        limit = self.limits.max_command_line
+        if self._skip_line:
+            if lf < 0:
+                buf.clear()
+                return None
+            del buf[: lf + 1]
+            self._skip_line = False
+            return LINE_TOO_LONG
+        if lf < 0:
+            if len(buf) > limit:
+                buf.clear()
+                self._skip_line = True
+            return None
+        line = bytes(buf[:lf])
+        del buf[: lf + 1]
+        if lf + 1 > limit:
+            return LINE_TOO_LONG
+        if not line.endswith(b"\r") or b"\r" in line[:-1]:
+            return BARE_LINE_ENDING
+        return line[:-1]
+
+    def _command_event(self) -> ev.Event | ev._Sentinel:
+        line = self._read_line()
+        if line is None:
+            return ev.NEED_DATA
+        if isinstance(line, Reply):
+            return self._violation("", line)
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            return self._violation("", Reply(500, "5.5.2", "Command is not valid UTF-8"))
+        verb, _, arg = text.partition(" ")
+        verb = verb.upper()
+        allowed = _SEQUENCE.get(verb)
+        if allowed is None:
+            if verb in _OBSOLETE:
+                return self._violation(verb, NOT_IMPLEMENTED)
+            return self._violation(verb, SYNTAX_ERROR)
+        states, refusal = allowed
+        if self.state not in states:
+            if verb == "STARTTLS" and self.tls_active:
+                refusal = Reply(503, "5.5.1", "TLS already active")
+            elif verb == "DATA" and self.state is S.BDAT_WAIT:
+                refusal = Reply(503, "5.5.1", "DATA not allowed after BDAT; use BDAT LAST")
+            elif verb == "MAIL" and self.state in (S.MAIL, S.RCPT, S.BDAT_WAIT):
+                refusal = Reply(503, "5.5.1", "Bad sequence: nested MAIL command")
+            return self._violation(verb, refusal)
+        try:
+            return _HANDLERS[verb](self, arg.strip(" "))
+        except RemoteProtocolError as exc:
+            return self._violation(verb, exc.reply)
+
+    def _violation(self, verb: str, reply: Reply) -> ev.Event:
+        self._send(reply)
+        closing = self._count_error()
+        return closing or ev.ProtocolViolation(verb, reply)
+
+    # ----------------------------------------------------------- the commands
+
+    def _hello(self, verb: str, arg: str) -> ev.Event:
+        if not arg or " " in arg:
+            raise RemoteProtocolError(Reply(501, "5.5.4", f"Syntax: {verb} hostname"))
+        self._reset_transaction()
+        self.state = S.READY
+        self.helo_name = arg
+        self.esmtp = verb == "EHLO"
+        if self.esmtp:
+            lines = [f"{self.hostname} Hello {arg}", "PIPELINING"]
+            size = self.limits.max_message_size
+            lines.append(f"SIZE {size}" if size else "SIZE")
+            lines += ["8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "CHUNKING", "DSN"]
+            if self.tls_available and not self.tls_active:
+                lines.append("STARTTLS")
+            lines.append("HELP")
+            self._out.append(Reply(250, "", tuple(lines)).render())
+        else:
+            self._send(Reply(250, "", f"{self.hostname} Hello {arg}"))
+        return ev.Hello(verb, arg)
+
+    def _ehlo(self, arg: str) -> ev.Event:
+        return self._hello("EHLO", arg)
+
+    def _helo(self, arg: str) -> ev.Event:
+        return self._hello("HELO", arg)
+
+    def _mail(self, arg: str) -> ev.Event:
+        path_text, params_text = split_argument(arg, "FROM")
+        params = parse_params(params_text) if params_text else []
+        if params and not self.esmtp:
+            raise RemoteProtocolError(
+                Reply(555, "5.5.4", "MAIL parameters need EHLO (RFC 5321 4.1.1.11)")
+            )
+        mail_params = parse_mail_params(params, max_size=self.limits.max_message_size)
+        path = parse_path(path_text, reverse=True, smtputf8=mail_params.smtputf8)
+        event = ev.MailFrom(path, mail_params)
+        self._pending = event
+        return event
+
+    def _rcpt(self, arg: str) -> ev.Event:
+        path_text, params_text = split_argument(arg, "TO")
+        params = parse_params(params_text) if params_text else []
+        if params and not self.esmtp:
+            raise RemoteProtocolError(
+                Reply(555, "5.5.4", "RCPT parameters need EHLO (RFC 5321 4.1.1.11)")
+            )
+        rcpt_params = parse_rcpt_params(params)
+        path = parse_path(path_text, reverse=False, smtputf8=self.smtputf8)
+        assert path is not None
+        limit = self.limits.max_recipients
+        if limit and self.recipients >= limit:
+            # RFC 5321 4.5.3.1.10: 452 for too many recipients, the client retries later.
+            raise RemoteProtocolError(TOO_MANY_RECIPIENTS)
+        event = ev.RcptTo(path, rcpt_params)
+        self._pending = event
+        return event
+
+    def _data(self, arg: str) -> ev.Event:
+        if arg:
+            raise RemoteProtocolError(Reply(501, "5.5.4", "DATA takes no arguments"))
+        if self.state is not S.RCPT:
+            raise RemoteProtocolError(Reply(554, "5.5.1", "No valid recipients"))
+        self.state = S.DATA
+        self._send(Reply(354, "", "End data with <CR><LF>.<CR><LF>"))
+        return ev.MessageStart()
+
+    def _bdat(self, arg: str) -> ev.Event | ev._Sentinel:
+        parts = arg.split()
+        if (
+            not parts
+            or len(parts) > 2
+            or not parts[0].isdigit()
+            or len(parts[0]) > 18
+            or (len(parts) == 2 and parts[1].upper() != "LAST")
+        ):
+            raise RemoteProtocolError(Reply(501, "5.5.4", "Syntax: BDAT chunk-size [LAST]"))
+        self._bdat_left = int(parts[0])
+        self._bdat_last = len(parts) == 2
+        first = self.state in (S.MAIL, S.RCPT)
+        if self.state is S.BDAT_WAIT:
+            pass
+        elif self.state is S.RCPT and self.esmtp:
+            pass
+        else:
+            # RFC 3030 3: the chunk is read and thrown away, then refused.
+            if not self.esmtp:
+                self._bdat_failed = Reply(503, "5.5.1", "BDAT needs EHLO (RFC 3030)")
+            elif self.state is S.MAIL:
+                self._bdat_failed = Reply(554, "5.5.1", "No valid recipients")
+            else:
+                self._bdat_failed = Reply(503, "5.5.1", "Bad sequence: need MAIL and RCPT")
+            self._resume_state = self.state
+            self.state = S.BDAT
+            return None
+        self._resume_state = S.BDAT_WAIT
+        self.state = S.BDAT
+        return ev.MessageStart() if first else None
+
+    def _rset(self, arg: str) -> ev.Event:
+        if arg:
+            raise RemoteProtocolError(Reply(501, "5.5.4", "RSET takes no arguments"))
+        self._reset_transaction()
+        if self.state is not S.GREETED:
+            self.state = S.READY
+        self._send(OK)
+        return ev.Reset()
+
+    def _noop(self, arg: str) -> None:
+        self._send(OK)
+
+    def _quit(self, arg: str) -> ev.Event:
+        if arg:
+            raise RemoteProtocolError(Reply(501, "5.5.4", "QUIT takes no arguments"))
+        reply = Reply(221, "2.0.0", f"{self.hostname} closing connection")
+        self._send(reply)
+        self.state = S.CLOSED
+        return ev.Closing(reply)
+
+    def _vrfy(self, arg: str) -> None:
+        if not arg:
+            raise RemoteProtocolError(Reply(501, "5.5.4", "Syntax: VRFY address"))
+        # RFC 5321 3.5.3: 252 keeps addresses from being harvested.
+        self._send(
+            Reply(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery")
+        )
+
+    def _expn(self, arg: str) -> ev.Event:
+        raise RemoteProtocolError(Reply(502, "5.5.1", "EXPN not available"))
+
+    def _help(self, arg: str) -> None:
+        self._send(_HELP)
+
+    def _starttls(self, arg: str) -> ev.Event:
+        if arg:
+            raise RemoteProtocolError(Reply(501, "5.5.4", "STARTTLS takes no arguments"))
+        if not self.tls_available or self.tls_active:
+            raise RemoteProtocolError(
+                Reply(503, "5.5.1", "TLS already active")
+                if self.tls_active
+                else Reply(454, "4.7.0", "TLS not available")
+            )
+        self._send(Reply(220, "2.0.0", "Ready to start TLS"))
+        # RFC 3207 4.2 and 6: whatever the client pipelined after STARTTLS is
+        # plaintext that must not be executed under TLS.
+        self._in.clear()
+        self.state = S.TLS
+        self._reset_transaction()
+        return ev.StartTLS()
+
+    # ------------------------------------------------------------- content
+
+    def _data_event(self) -> ev.Event | ev._Sentinel | None:
+        """Take the next piece of DATA content, ending at a line boundary."""
+        buf = self._in
+        if self._bol and buf[:3] == b".\r\n":
+            del buf[:3]
+            return self._message_end(b"")
+        end = buf.find(b"\r\n.\r\n")
+        if end >= 0:
+            raw = bytes(buf[: end + 2])
+            del buf[: end + 5]
+            return self._message_end(raw)
+        cut = buf.rfind(b"\r\n")
+        if cut >= 0:
+            raw = bytes(buf[: cut + 2])
+            del buf[: cut + 2]
+        elif len(buf) > _FLUSH:
+            # A very long line: hand it on without its last byte, which may be
+            # the CR of a CRLF.
+            raw = bytes(buf[:-1])
+            del buf[:-1]
+        else:
+            return ev.NEED_DATA
+        if not raw:
+            return ev.NEED_DATA
+        data = self._unstuff(raw)
+        self._bol = raw.endswith(b"\r\n")
+        return self._content(data)
+
+    def _unstuff(self, raw: bytes) -> bytes:
+        """RFC 5321 4.5.2: a leading period on a line is removed."""
+        if self._bol and raw[:1] == b".":
+            raw = raw[1:]
+        if b"\r\n." in raw:
+            raw = raw.replace(b"\r\n.", b"\r\n")
+        return raw
+
+    def _message_end(self, raw: bytes) -> ev.Event:
+        if raw:
+            data = self._unstuff(raw)
+            event = self._content(data)
+            if event is not None:
+                # Content to emit before the end: push the terminator back.
+                self._in[:0] = b".\r\n"
+                self._bol = True
+                return event
+        self.state = S.READY
+        return self._finish()
+
+    def _finish(self) -> ev.Event:
+        error = self._content_error
+        if error is None and self._carry_cr:
+            error = BARE_LINE_ENDING_DATA
+        if error is None:
+            event = ev.MessageEnd(self._size)
+            self._pending = event
+            return event
+        self._send(error)
+        self._reset_transaction()
+        return ev.MessageAborted(error)
+
+    def _bdat_event(self) -> ev.Event | ev._Sentinel:
+        buf = self._in
+        if self._bdat_left:
+            if not buf:
+                return ev.NEED_DATA
+            take = min(self._bdat_left, len(buf))
+            data = bytes(buf[:take])
+            del buf[:take]
+            self._bdat_left -= take
+            if self._bdat_failed is None:
+                return self._content(data)
+            return None
+        # The chunk is complete.
+        self.state = self._resume_state
+        if self._bdat_failed is not None:
+            reply, self._bdat_failed = self._bdat_failed, None
+            if self.state is S.BDAT_WAIT:
+                self.state = S.READY
+                self._reset_transaction()
+            return self._violation("BDAT", reply)
+        if self._bdat_last:
+            self.state = S.READY
+            return self._finish()
+        if self._content_error is not None:
+            # Refuse now; later chunks of this message get 503 (RFC 3030 3).
+            error = self._content_error
+            self._reset_transaction()
+            self.state = S.READY
+            self._send(error)
+            return ev.MessageAborted(error)
+        self._send(Reply(250, "2.0.0", f"{self._size} octets received"))
+        return None
+
+    def _content(self, data: bytes) -> ev.MessageData | None:
+        """Check a piece of message content; return the event that hands it on."""
+        if self._content_error is not None or not data:
+            return None
+        limits = self.limits
+        self._size += len(data)
+        if limits.max_message_size and self._size > limits.max_message_size:
+            self._content_error = MESSAGE_TOO_BIG
+            return None
+        check = data
+        if self._carry_cr:
+            check = b"\r" + check
+        self._carry_cr = check.endswith(b"\r")
+        if self._carry_cr:
+            check = check[:-1]
+        crlf = check.count(b"\r\n")
+        if check.count(b"\n") != crlf or check.count(b"\r") != crlf:
+            self._content_error = BARE_LINE_ENDING_DATA
+            return None
+        max_line = limits.max_text_line
+        if max_line:
+            first = check.find(b"\r\n")
+            if first < 0:
+                self._line_len += len(check)
+                longest = self._line_len + 2
+            else:
+                longest = self._line_len + first + 2
+                last = check.rfind(b"\r\n")
+                if last > first and last - first > max_line:
+                    inner = max(map(len, check[first + 2 : last].split(b"\r\n"))) + 2
+                    longest = max(longest, inner)
+                self._line_len = len(check) - last - 2
+            if longest > max_line:
+                self._content_error = Reply(
+                    500,
+                    "5.5.2",
+                    f"Message has a line longer than {max_line} octets (RFC 5321 4.5.3.1.6)",
+                )
+                return None
+        if self._in_headers:
+            self._scan_headers(check)
+            if self._content_error is not None:
+                return None
+        return ev.MessageData(data)
+
+    def _scan_headers(self, data: bytes) -> None:
+        """Count Received: fields in the header section (RFC 5321 6.3 loop check)."""
+        text = self._hdr_tail + data
+        end = text.find(b"\r\n\r\n")
+        if text.startswith(b"\r\n") and not self._hdr_tail and self._size == len(data):
+            end = -2  # empty header section
+        if end >= 0 or end == -2:
+            region = text[: max(end, 0) + 2]
+            self._in_headers = False
+            self._hdr_tail = b""
+        else:
+            cut = text.rfind(b"\r\n")
+            region = text[: cut + 2] if cut >= 0 else b""
+            self._hdr_tail = text[cut + 2 :][-1024:] if cut >= 0 else text[-1024:]
+        if region:
+            self._received += (b"\r\n" + region).lower().count(b"\r\nreceived:")
+            if self._received > self.limits.max_received_headers:
+                self._content_error = MAIL_LOOP
+
+
+BARE_LINE_ENDING_DATA = Reply(
+    550,
+    "5.6.0",
+    "Message refused: bare CR or LF in content; lines must end with CRLF (RFC 5321 2.3.8)",
+)
+
+_HANDLERS = {
+    "EHLO": SMTPServerConnection._ehlo,
+    "HELO": SMTPServerConnection._helo,
+    "MAIL": SMTPServerConnection._mail,
+    "RCPT": SMTPServerConnection._rcpt,
+    "DATA": SMTPServerConnection._data,
+    "BDAT": SMTPServerConnection._bdat,
+    "RSET": SMTPServerConnection._rset,
+    "NOOP": SMTPServerConnection._noop,
+    "QUIT": SMTPServerConnection._quit,
+    "VRFY": SMTPServerConnection._vrfy,
+    "EXPN": SMTPServerConnection._expn,
+    "HELP": SMTPServerConnection._help,
+    "STARTTLS": SMTPServerConnection._starttls,
+}
+
+__all__ = ["Limits", "SMTPServerConnection", "State", "BARE_LINE_ENDING", "ARG_SYNTAX_ERROR",
+           "PARAM_NOT_IMPLEMENTED"]

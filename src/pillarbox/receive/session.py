@@ -1,0 +1,270 @@
+"""The receiving side's policy for one SMTP session.
+
+The core (``pillarbox.protocols.smtp.server``) owns syntax and sequence; this
+layer decides what the post office accepts: which senders (when the spool
+has room), which recipients (local ones, resolved at RCPT time so nothing is
+bounced later), and when a message is safe (its blob and envelope are on
+stable storage, and only then ``250``).  It speaks to the store, never to a
+socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from email.utils import format_datetime
+from datetime import datetime, timezone
+
+from pillarbox.deliver.recipients import Verdict, resolve
+from pillarbox.log import log_event
+from pillarbox.protocols.smtp import events as ev
+from pillarbox.protocols.smtp.address import Mailbox
+from pillarbox.protocols.smtp.params import xtext_encode
+from pillarbox.protocols.smtp.reply import (
+    INSUFFICIENT_STORAGE,
+    LOCAL_ERROR,
+    NO_SUCH_USER,
+    RELAY_DENIED,
+    Reply,
+)
+from pillarbox.protocols.smtp.server import SMTPServerConnection
+from pillarbox.store.base import Envelope, EnvelopeRecipient, StorageFull
+from pillarbox.store.blobs import BlobWriter, new_id
+from pillarbox.store.sqlite.store import SQLiteStore
+
+log = logging.getLogger("pillarbox.smtp")
+
+
+@dataclass(slots=True)
+class ReceiverContext:
+    """What every session of one worker shares; built once by ``serve``."""
+
+    store: SQLiteStore
+    hostname: str
+    recipient_delimiter: str
+    min_free_space: int
+    wake_queue: object = None  # callable, or None
+    _space_checked: float = 0.0
+    _space_ok: bool = True
+
+    def spool_has_room(self) -> bool:
+        """Free space on the spool's file system, checked at most once a second."""
+        now = time.monotonic()
+        if now - self._space_checked > 1.0:
+            self._space_checked = now
+            try:
+                st = os.statvfs(self.store.data_dir)
+                self._space_ok = st.f_bavail * st.f_frsize >= self.min_free_space
+            except OSError:
+                self._space_ok = True
+        return self._space_ok
+
+
+@dataclass(slots=True)
+class Transaction:
+    """One mail transaction (RFC 5321 3.3): reverse path, recipients, spool."""
+
+    reverse_path: Mailbox | None
+    params: object
+    recipients: list[tuple[Mailbox, EnvelopeRecipient]] = field(default_factory=list)
+    queue_id: str = ""
+    writer: BlobWriter | None = None
+
+
+class Session:
+    """Decisions for one connection; ``tls`` describes the TLS layer once active."""
+
+    def __init__(self, ctx: ReceiverContext, core: SMTPServerConnection, client_address: str):
+        self.ctx = ctx
+        self.core = core
+        self.client_address = client_address
+        self.tls: tuple[str, str, int] | None = None   # version, cipher, bits
+        self.tx: Transaction | None = None
+        self.messages = 0
+
+    # ------------------------------------------------------------ envelope
+
+    def mail_from(self, event: ev.MailFrom) -> Reply:
+        if not self.ctx.spool_has_room():
+            log_event(log, "refused", client=self.client_address, reason="spool full",
+                      level=logging.WARNING)
+            return INSUFFICIENT_STORAGE
+        self.tx = Transaction(event.reverse_path, event.params)
+        sender = str(event.reverse_path) if event.reverse_path else ""
+        return Reply(250, "2.1.0", f"Sender <{sender}> ok")
+
+    def rcpt_to(self, event: ev.RcptTo) -> Reply:
+        tx = self.tx
+        assert tx is not None
+        path = event.forward_path
+        if not path.domain:
+            # RCPT TO:<Postmaster> (RFC 5321 4.5.1) means our own postmaster.
+            path = Mailbox(path.local_part, self.ctx.hostname)
+        verdict = self._resolve(path)
+        if verdict is Verdict.REMOTE:
+            reply = RELAY_DENIED
+        elif verdict is Verdict.UNKNOWN:
+            reply = NO_SUCH_USER
+        else:
+            params = event.params
+            orcpt = f"{params.orcpt[0]};{xtext_encode(params.orcpt[1])}" if params.orcpt else None
+            notify = ",".join(params.notify) if params.notify else None
+            address = f"{path.local_part}@{path.ascii_domain}"
+            tx.recipients.append((path, EnvelopeRecipient(address, notify, orcpt)))
+            return Reply(250, "2.1.5", f"Recipient <{path}> ok")
+        log_event(
+            log, "rejected", client=self.client_address, helo=self.core.helo_name,
+            from_=_path_text(tx.reverse_path), to=str(path), reply=str(reply),
+        )
+        return reply
+
+    def _resolve(self, path: Mailbox) -> Verdict:
+        if path.is_literal:
+            return Verdict.REMOTE
+        try:
+            domain = path.ascii_domain
+        except Exception:  # noqa: BLE001 - an unconvertible domain is not ours
+            return Verdict.REMOTE
+        directory = self.ctx.store.directory()
+        return resolve(directory, path.local_part, domain, self.ctx.recipient_delimiter).verdict
+
+    # ------------------------------------------------------------- content
+
+    def message_start(self) -> None:
+        tx = self.tx
+        assert tx is not None
+        tx.queue_id = new_id()
+        try:
+            tx.writer = self.ctx.store.new_blob(tx.queue_id)
+            tx.writer.write(self._received_header(tx))
+        except OSError as exc:
+            self._spool_failed(exc)
+
+    def message_data(self, data: bytes) -> None:
+        tx = self.tx
+        if tx is None or tx.writer is None:
+            return
+        try:
+            tx.writer.write(data)
+        except OSError as exc:
+            self._spool_failed(exc)
+
+    def _spool_failed(self, exc: OSError) -> None:
+        log_event(log, "spool error", client=self.client_address, error=str(exc),
+                  level=logging.ERROR)
+        if self.tx is not None and self.tx.writer is not None:
+            self.tx.writer.discard()
+            self.tx.writer = None
+        self.core.abort_message(INSUFFICIENT_STORAGE if _is_enospc(exc) else LOCAL_ERROR)
+
+    async def message_end(self, event: ev.MessageEnd) -> Reply:
+        tx, self.tx = self.tx, None
+        assert tx is not None and tx.writer is not None
+        params = tx.params
+        envelope = Envelope(
+            reverse_path=_path_text(tx.reverse_path),
+            recipients=tuple(r for _, r in tx.recipients),
+            client_address=self.client_address,
+            helo=self.core.helo_name or "",
+            body=getattr(params, "body", None),
+            smtputf8=bool(getattr(params, "smtputf8", False)),
+            dsn_ret=getattr(params, "ret", None),
+            dsn_envid=getattr(params, "envid", None),
+        )
+        started = time.monotonic()
+        try:
+            await self.ctx.store.enqueue(tx.queue_id, tx.writer, envelope)
+        except StorageFull as exc:
+            log_event(log, "refused", client=self.client_address, reason="storage full",
+                      error=str(exc), level=logging.ERROR)
+            return INSUFFICIENT_STORAGE
+        except Exception as exc:  # noqa: BLE001 - any failure to store is transient for the client
+            log_event(log, "refused", client=self.client_address, reason="store error",
+                      error=repr(exc), level=logging.ERROR)
+            return LOCAL_ERROR
+        self.messages += 1
+        if self.ctx.wake_queue is not None:
+            self.ctx.wake_queue()  # type: ignore[operator]
+        log_event(
+            log, "queued", queue_id=tx.queue_id, client=self.client_address,
+            helo=self.core.helo_name, from_=f"<{envelope.reverse_path}>",
+            to=",".join(r.address for r in envelope.recipients), size=tx.writer.size,
+            tls=self.tls[0] if self.tls else None,
+            ms=round((time.monotonic() - started) * 1000, 1), status="queued",
+        )
+        return Reply(250, "2.0.0", f"Ok: queued as {tx.queue_id}")
+
+    def message_aborted(self, event: ev.MessageAborted) -> None:
+        tx, self.tx = self.tx, None
+        if tx is not None and tx.writer is not None:
+            tx.writer.discard()
+        log_event(
+            log, "refused", client=self.client_address, helo=self.core.helo_name,
+            from_=_path_text(tx.reverse_path) if tx else None, reply=str(event.reply),
+        )
+
+    def reset(self) -> None:
+        tx, self.tx = self.tx, None
+        if tx is not None and tx.writer is not None:
+            tx.writer.discard()
+
+    def discard(self) -> None:
+        """The connection is gone: drop what was not committed."""
+        self.reset()
+
+    # ----------------------------------------------------------- Received
+
+    def _received_header(self, tx: Transaction) -> bytes:
+        """RFC 5321 4.4 time stamp line, with RFC 3848 / RFC 6531 ``with`` keywords."""
+        core = self.core
+        smtputf8 = bool(getattr(tx.params, "smtputf8", False))
+        if smtputf8:
+            proto = "UTF8SMTPS" if self.tls else "UTF8SMTP"
+        elif core.esmtp:
+            proto = "ESMTPS" if self.tls else "ESMTP"
+        else:
+            proto = "SMTPS" if self.tls else "SMTP"
+        ip = self.client_address
+        literal = f"[IPv6:{ip}]" if ":" in ip else f"[{ip}]"
+        helo = _sanitize(core.helo_name or "unknown")
+        lines = [
+            f"Received: from {helo} ({literal})",
+            f"\tby {self.ctx.hostname} (Pillarbox) with {proto} id {tx.queue_id}",
+        ]
+        if self.tls:
+            version, cipher, bits = self.tls
+            lines.append(f"\t(using {version} with cipher {cipher} ({bits} bits))")
+        if len(tx.recipients) == 1:
+            lines.append(f"\tfor <{_sanitize(str(tx.recipients[0][0]))}>;")
+        else:
+            lines[-1] += ";"
+        lines.append(f"\t{_now_rfc5322()}")
+        return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+
+def _path_text(path: Mailbox | None) -> str:
+    return str(path) if path is not None else ""
+
+
+def _sanitize(text: str) -> str:
+    """Keep client-supplied text from breaking the header's structure."""
+    return "".join(c if c.isprintable() and c not in "()\\;" else "?" for c in text)[:255]
+
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _now_rfc5322() -> str:
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, format_datetime(datetime.fromtimestamp(now, timezone.utc).astimezone()))
+    return _date_cache[1]
+
+
+def _is_enospc(exc: OSError) -> bool:
+    import errno
+
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)

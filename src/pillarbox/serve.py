@@ -1,0 +1,348 @@
+"""``pillarbox serve``: the only place where the parts are wired together.
+
+Python runs one thread of bytecode per process, so Pillarbox uses processes
+(DESIGN.md, processes and cores): this supervisor opens the store, binds the
+listening sockets, then forks
+
+- ``workers`` protocol workers, which all accept from the same sockets, and
+- one queue manager, which delivers what the workers queued.
+
+It restarts a child that dies (after a short pause, so a crash loop does not
+spin), and on SIGTERM or SIGINT stops them all: workers stop accepting,
+finish the sessions they have for a few seconds, and close the rest with
+421 4.3.2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pillarbox.config import Config
+from pillarbox.log import log_event, setup_logging
+from pillarbox.net.limits import ConnectionLimiter
+from pillarbox.store.sqlite.store import SQLiteStore
+
+log = logging.getLogger("pillarbox.serve")
+
+DEV_DOMAIN = "localhost"
+DEV_ACCOUNT = "demo@localhost"
+SHUTDOWN_GRACE = 10.0
+
+
+@dataclass(slots=True)
+class Child:
+    role: str          # "worker" or "queue"
+    index: int
+    pid: int = 0
+    started: float = 0.0
+
+
+def bind_listeners(addresses: tuple[tuple[str, int], ...]) -> list[socket.socket]:
+    socks = []
+    for host, port in addresses:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            raise SystemExit(f"pillarbox: error: cannot listen on {host}:{port}: {exc.strerror}")
+        sock.listen(1024)
+        sock.setblocking(False)
+        socks.append(sock)
+    return socks
+
+
+def ensure_dev_defaults(store: SQLiteStore) -> str:
+    """The development defaults of DESIGN.md: domain localhost, account demo@localhost.
+
+    The demo password is made once and kept in ``demo-password`` (mode 0600)
+    in the data directory, so every start can print it.
+    """
+    from pillarbox.auth.passwords import hash_password
+    from pillarbox.store.base import AlreadyExists
+
+    secret_file = store.data_dir / "demo-password"
+    if not any(d[0] == DEV_DOMAIN for d in store.list_domains()):
+        store.add_domain(DEV_DOMAIN)
+    if store.get_password_hash(DEV_ACCOUNT) is None:
+        password = secrets.token_urlsafe(12)
+        store.add_account(DEV_ACCOUNT, hash_password(password))
+        fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(password + "\n")
+        try:
+            store.add_alias("postmaster@localhost", DEV_ACCOUNT)
+        except AlreadyExists:
+            pass
+    try:
+        return secret_file.read_text().strip()
+    except FileNotFoundError:
+        return "(unknown: set one with 'pillarbox user passwd demo@localhost')"
+
+
+def tls_context(config: Config):  # type: ignore[no-untyped-def]
+    from pillarbox.net.tls import ensure_self_signed, server_context
+
+    if not config.smtp.starttls:
+        return None
+    if config.tls.certificate and config.tls.private_key:
+        return server_context(config.tls.certificate, config.tls.private_key)
+    cert, key = ensure_self_signed(config.server.data_dir / "tls", config.server.hostname)
+    return server_context(cert, key)
+
+
+def serve(config: Config, *, dev_mode: bool = False) -> int:
+    setup_logging(config.log.format, config.log.level, config.log.file)
+    store = SQLiteStore(config.server.data_dir).open()
+    password = ensure_dev_defaults(store) if dev_mode else None
+    orphans = store.collect_orphans()
+    store.collect_blobs()
+    store.close()
+    if orphans:
+        log_event(log, "spool cleanup", removed=orphans,
+                  note="blobs of messages that never got their 250")
+    tls = tls_context(config)  # fail early on a bad certificate
+    listeners = bind_listeners(config.smtp.listen)
+    workers = config.workers_effective
+    limiter = ConnectionLimiter(
+        config.smtp.max_connections, config.smtp.max_connections_per_ip, workers
+    )
+    _drop_privileges(config.server.user)
+    _announce(config, listeners, password, workers)
+    del tls
+
+    children = [Child("queue", 0)] + [Child("worker", i) for i in range(workers)]
+    stopping = False
+
+    class _Stop(Exception):
+        pass
+
+    def on_signal(signum, frame):  # type: ignore[no-untyped-def]
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            raise _Stop  # interrupts waitpid (PEP 475 would otherwise retry it)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        for child in children:
+            _start(child, config, listeners, limiter)
+    except _Stop:
+        pass
+    while not stopping:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except _Stop:
+            break
+        except ChildProcessError:
+            break
+        for child in children:
+            if child.pid == pid and not stopping:
+                code = os.waitstatus_to_exitcode(status)
+                log_event(log, "child exited", role=child.role, index=child.index, pid=pid,
+                          code=code, level=logging.ERROR)
+                if time.monotonic() - child.started < 5:
+                    time.sleep(1)
+                if child.role == "worker":
+                    limiter.clear(child.index)
+                _start(child, config, listeners, limiter)
+    for child in children:
+        if child.pid:
+            try:
+                os.kill(child.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + SHUTDOWN_GRACE + 5
+    for child in children:
+        while child.pid and time.monotonic() < deadline:
+            try:
+                pid, _ = os.waitpid(child.pid, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid:
+                break
+            time.sleep(0.05)
+        else:
+            if child.pid:
+                try:
+                    os.kill(child.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+    log_event(log, "stopped")
+    return 0
+
+
+def _start(child: Child, config: Config, listeners: list[socket.socket],
+           limiter: ConnectionLimiter) -> None:
+    pid = os.fork()
+    if pid:
+        child.pid = pid
+        child.started = time.monotonic()
+        return
+    # In the child: never return into the supervisor's code.
+    code = 1
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if child.role == "queue":
+            for sock in listeners:
+                sock.close()
+            code = _run(_queue_main(config))
+        else:
+            limiter.bind(child.index)
+            code = _run(_worker_main(config, listeners, limiter))
+    except BaseException:  # noqa: BLE001 - report and leave the child
+        log.exception("%s %d crashed", child.role, child.index)
+    finally:
+        logging.shutdown()
+        os._exit(code)
+
+
+def _run(coro) -> int:  # type: ignore[no-untyped-def]
+    try:
+        import uvloop
+
+        return uvloop.run(coro)  # type: ignore[no-any-return]
+    except ImportError:
+        return asyncio.run(coro)
+
+
+async def _stop_event() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    return stop
+
+
+async def _queue_main(config: Config) -> int:
+    from pillarbox.queue.manager import QueueManager
+
+    store = SQLiteStore(config.server.data_dir)
+    manager = QueueManager(
+        store, delimiters=config.delivery.recipient_delimiter, batch=config.queue.delivery_batch
+    )
+    stop = await _stop_event()
+    task = asyncio.create_task(manager.run())
+    await stop.wait()
+    manager.stop()
+    await task
+    store.close()
+    return 0
+
+
+async def _worker_main(
+    config: Config, listeners: list[socket.socket], limiter: ConnectionLimiter
+) -> int:
+    from pillarbox.net.smtp import SMTPListenerConfig, SMTPProtocol
+    from pillarbox.protocols.smtp.reply import SHUTTING_DOWN
+    from pillarbox.protocols.smtp.server import Limits
+    from pillarbox.queue.manager import Waker, wakeup_path
+    from pillarbox.receive.session import ReceiverContext
+
+    store = SQLiteStore(config.server.data_dir)
+    waker = Waker(wakeup_path(store))
+    smtp = config.smtp
+    ctx = ReceiverContext(
+        store=store,
+        hostname=config.server.hostname,
+        recipient_delimiter=config.delivery.recipient_delimiter,
+        min_free_space=config.queue.min_free_space,
+        wake_queue=waker.wake,
+    )
+    cfg = SMTPListenerConfig(
+        limits=Limits(
+            max_message_size=smtp.max_message_size,
+            max_recipients=smtp.max_recipients,
+            max_command_line=smtp.max_command_line,
+            max_text_line=smtp.max_text_line,
+            max_errors=smtp.max_errors,
+            max_received_headers=smtp.max_received_headers,
+        ),
+        command_timeout=smtp.command_timeout,
+        data_timeout=smtp.data_timeout,
+        tls_context=tls_context(config),
+        limiter=limiter,
+    )
+    loop = asyncio.get_running_loop()
+    protocols: set[SMTPProtocol] = set()
+
+    def factory() -> SMTPProtocol:
+        proto = SMTPProtocol(ctx, cfg)
+        protocols.add(proto)
+        return proto
+
+    servers = [await loop.create_server(factory, sock=sock) for sock in listeners]
+    stop = await _stop_event()
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), 30)
+        except asyncio.TimeoutError:
+            protocols = {p for p in protocols if p.transport and not p.transport.is_closing()}
+    for server in servers:
+        server.close()
+    deadline = loop.time() + SHUTDOWN_GRACE
+    while loop.time() < deadline:
+        live = [p for p in protocols if p.transport and not p.transport.is_closing()]
+        if not live or all(not p._busy and not (p.core and p.core.in_data) for p in live):
+            break
+        await asyncio.sleep(0.1)
+    for p in protocols:
+        if p.transport and not p.transport.is_closing() and p.core is not None:
+            if not p._busy:
+                p.core.close(SHUTTING_DOWN)
+                p.transport.write(p.core.data_to_send())
+            p.transport.close()
+    await asyncio.sleep(0.05)
+    store.close()
+    waker.close()
+    return 0
+
+
+def _drop_privileges(user: str) -> None:
+    if not user or os.geteuid() != 0:
+        return
+    import pwd
+
+    entry = pwd.getpwnam(user)
+    os.setgroups([])
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+
+
+def _announce(config: Config, listeners: list[socket.socket], password: str | None,
+              workers: int) -> None:
+    lines = [f"Pillarbox {_version()} serving {config.server.hostname}"]
+    lines.append(f"  data:   {Path(config.server.data_dir).resolve()}")
+    for sock in listeners:
+        host, port = sock.getsockname()[:2]
+        lines.append(f"  SMTP:   {host}:{port} (STARTTLS {'on' if config.smtp.starttls else 'off'})")
+    lines.append(f"  workers: {workers} protocol worker(s) + 1 queue manager")
+    if password is not None:
+        lines.append(f"  demo account: {DEV_ACCOUNT}  password: {password}")
+        if listeners:
+            host, port = listeners[0].getsockname()[:2]
+            lines.append(
+                f"  try: swaks --server {host}:{port} --to {DEV_ACCOUNT} "
+                f"--from you@example.org"
+            )
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def _version() -> str:
+    from pillarbox import __version__
+
+    return __version__

@@ -1,0 +1,126 @@
+"""Group commit: one thread, one write connection, many sessions per fsync.
+
+Sessions hand in jobs; the thread takes every job waiting, makes their blobs
+durable (fsync of each file, then of each directory once), runs the jobs in
+one SQLite transaction, each inside a savepoint so that one failing job does
+not take the others with it, and commits once.  Only then are the futures
+resolved, and only then does a session answer 250.  Under load this turns
+one fsync of the database per message into one per batch, which is what
+makes durability cheap (DESIGN.md, storage model).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pillarbox.store.blobs import sync_dirs
+
+_MAX_BATCH = 512
+
+
+@dataclass(slots=True)
+class Job:
+    run: Callable[[sqlite3.Connection], Any]
+    prepare: Callable[[], None] | None = None
+    dirs: tuple[Path, ...] = ()
+    future: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
+
+
+class GroupCommitter:
+    """A daemon thread that commits jobs in groups."""
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection], name: str = "group-commit"):
+        self._connect = connect
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._thread.start()
+        self.batches = 0
+        self.committed = 0
+
+    def submit(
+        self,
+        run: Callable[[sqlite3.Connection], Any],
+        *,
+        prepare: Callable[[], None] | None = None,
+        dirs: tuple[Path, ...] = (),
+    ) -> concurrent.futures.Future[Any]:
+        job = Job(run, prepare, dirs)
+        self._jobs.put(job)
+        return job.future
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._thread.join(timeout=30)
+
+    def _main(self) -> None:
+        conn = self._connect()
+        stop = False
+        while not stop:
+            first = self._jobs.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < _MAX_BATCH:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    stop = True
+                    break
+                batch.append(job)
+            self._commit(conn, batch)
+        conn.close()
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[Job]) -> None:
+        ready: list[Job] = []
+        dirs: set[Path] = set()
+        for job in batch:
+            if not job.future.set_running_or_notify_cancel():
+                continue  # the submitter gave up before the job started
+            try:
+                if job.prepare is not None:
+                    job.prepare()
+                dirs.update(job.dirs)
+                ready.append(job)
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting session
+                job.future.set_exception(exc)
+        results: list[tuple[Job, Any, BaseException | None]] = []
+        try:
+            sync_dirs(dirs)
+            conn.execute("BEGIN IMMEDIATE")
+            for job in ready:
+                conn.execute("SAVEPOINT job")
+                try:
+                    value = job.run(conn)
+                except Exception as exc:  # noqa: BLE001 - handed to the waiting session
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    results.append((job, None, exc))
+                else:
+                    conn.execute("RELEASE job")
+                    results.append((job, value, None))
+            conn.execute("COMMIT")
+        except BaseException as exc:  # noqa: BLE001 - every job of the batch fails
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            for job in ready:
+                if not job.future.done():
+                    job.future.set_exception(exc)
+            return
+        self.batches += 1
+        for job, value, error in results:
+            if error is None:
+                self.committed += 1
+                job.future.set_result(value)
+            else:
+                job.future.set_exception(error)

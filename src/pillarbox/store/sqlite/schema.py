@@ -1,0 +1,100 @@
+"""The SQLite schema of the embedded store (one file, WAL mode).
+
+Names follow the mail domain: a queue entry has an envelope (reverse path,
+DSN parameters) and recipients, each with its own state; a mailbox has
+UIDVALIDITY, UIDNEXT and HIGHESTMODSEQ (RFC 9051 2.3.1.1, RFC 7162); a
+message in a mailbox has a UID, flags, a MODSEQ, an internal date and a size,
+and points at a shared blob.
+"""
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS domains (
+    name TEXT PRIMARY KEY,              -- ASCII, lower case, A-labels for IDN
+    created REAL NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS accounts (
+    id INTEGER PRIMARY KEY,
+    address TEXT NOT NULL UNIQUE,       -- local@domain, lower case
+    domain TEXT NOT NULL REFERENCES domains(name),
+    password TEXT NOT NULL,             -- argon2id PHC string
+    created REAL NOT NULL
+);
+
+-- One row per (source, target).  A source of '@domain' is the domain's
+-- catch-all: it receives what no account or alias of the domain takes.
+CREATE TABLE IF NOT EXISTS aliases (
+    source TEXT NOT NULL,
+    target TEXT NOT NULL,
+    domain TEXT NOT NULL REFERENCES domains(name),
+    PRIMARY KEY (source, target)
+);
+
+-- Bodies: reference counted, removed from disk when refs reaches 0.
+CREATE TABLE IF NOT EXISTS blobs (
+    id TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    refs INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS queue (
+    id TEXT PRIMARY KEY,                -- also the blob id
+    reverse_path TEXT NOT NULL,         -- '' for the null reverse path
+    size INTEGER NOT NULL,
+    arrived REAL NOT NULL,
+    client_address TEXT NOT NULL,
+    helo TEXT NOT NULL,
+    body TEXT,                          -- 7BIT / 8BITMIME
+    smtputf8 INTEGER NOT NULL DEFAULT 0,
+    dsn_ret TEXT,                       -- FULL / HDRS (RFC 3461 4.3)
+    dsn_envid TEXT,                     -- RFC 3461 4.4
+    state TEXT NOT NULL,                -- active / deferred / hold
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL,
+    last_reply TEXT
+);
+CREATE INDEX IF NOT EXISTS queue_due ON queue (state, next_attempt);
+
+CREATE TABLE IF NOT EXISTS recipients (
+    queue_id TEXT NOT NULL REFERENCES queue(id) ON DELETE CASCADE,
+    idx INTEGER NOT NULL,
+    address TEXT NOT NULL,              -- forward path as received
+    notify TEXT,                        -- RFC 3461 4.1, comma separated
+    orcpt TEXT,                         -- 'addr-type;address' (RFC 3461 4.2)
+    status TEXT NOT NULL,               -- pending / delivered / failed
+    last_reply TEXT,
+    PRIMARY KEY (queue_id, idx)
+);
+
+CREATE TABLE IF NOT EXISTS mailboxes (
+    id INTEGER PRIMARY KEY,
+    account INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    special_use TEXT,                   -- RFC 6154: \\Sent, \\Drafts …
+    uidvalidity INTEGER NOT NULL,
+    uidnext INTEGER NOT NULL,
+    highestmodseq INTEGER NOT NULL,
+    subscribed INTEGER NOT NULL DEFAULT 1,
+    UNIQUE (account, name)
+);
+
+CREATE TABLE IF NOT EXISTS messages (
+    mailbox INTEGER NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
+    uid INTEGER NOT NULL,
+    blob TEXT NOT NULL,
+    prefix BLOB NOT NULL,               -- Return-Path: and Delivered-To: of this copy
+    size INTEGER NOT NULL,              -- RFC822.SIZE: prefix + blob
+    internal_date REAL NOT NULL,
+    flags TEXT NOT NULL DEFAULT '',
+    modseq INTEGER NOT NULL,
+    delivery TEXT UNIQUE,               -- queue id/recipient index: local delivery is idempotent
+    PRIMARY KEY (mailbox, uid)
+) WITHOUT ROWID;
+"""

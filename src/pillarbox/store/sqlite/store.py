@@ -1,0 +1,447 @@
+"""The embedded store: SQLite (WAL) for metadata, blob files for bodies.
+
+Everything lives under one data directory::
+
+    pillarbox.db      metadata: domains, accounts, aliases, queue, mailboxes
+    blobs/XX/<id>     message bodies, written once (``pillarbox.store.blobs``)
+    run/              sockets of the running server (queue wake-ups)
+
+Several processes share the database: protocol workers commit received
+messages, the queue manager delivers, the CLI administers.  Each process
+writes through its own group-commit thread; SQLite's locking serialises the
+processes, and WAL lets readers go on while one writes.  Commits are
+``synchronous=FULL``: a commit is on the disk when it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from pillarbox.deliver.recipients import Directory
+from pillarbox.store.base import (
+    Account,
+    AlreadyExists,
+    Envelope,
+    MailboxInfo,
+    NotFound,
+    QueueEntry,
+    RecipientState,
+    StorageFull,
+    StoreError,
+)
+from pillarbox.store.blobs import BlobStore, BlobWriter
+from pillarbox.store.sqlite.groupcommit import GroupCommitter
+from pillarbox.store.sqlite.schema import SCHEMA, SCHEMA_VERSION
+
+# RFC 6154 special-use mailboxes every new account gets, besides INBOX.
+DEFAULT_MAILBOXES = (
+    ("INBOX", None),
+    ("Drafts", "\\Drafts"),
+    ("Sent", "\\Sent"),
+    ("Junk", "\\Junk"),
+    ("Trash", "\\Trash"),
+    ("Archive", "\\Archive"),
+)
+
+
+def _is_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        import errno
+
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(exc, sqlite3.OperationalError):
+        return "full" in str(exc).lower()
+    return False
+
+
+class SQLiteStore:
+    """The store of one data directory."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.db_path = data_dir / "pillarbox.db"
+        self.blobs = BlobStore(data_dir / "blobs")
+        self.run_dir = data_dir / "run"
+        self._local = threading.local()
+        self._committer: GroupCommitter | None = None
+
+    # ------------------------------------------------------------- lifecycle
+
+    def open(self) -> SQLiteStore:
+        """Create the data directory and schema if needed (idempotent)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir.mkdir(exist_ok=True)
+        self.blobs.ensure_dirs()
+        conn = self.connect()
+        try:
+            conn.executescript(SCHEMA)
+            conn.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+        finally:
+            conn.close()
+        return self
+
+    def connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.db_path, timeout=30.0, isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=30000")
+        return conn
+
+    @property
+    def reader(self) -> sqlite3.Connection:
+        """This thread's connection for reads (autocommit, so never holds a snapshot)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self.connect()
+        return conn
+
+    @property
+    def committer(self) -> GroupCommitter:
+        if self._committer is None:
+            self._committer = GroupCommitter(self.connect)
+        return self._committer
+
+    def close(self) -> None:
+        if self._committer is not None:
+            self._committer.close()
+            self._committer = None
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction on this thread's connection (for administration)."""
+        conn = self.reader
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    # ------------------------------------------------------------- directory
+
+    def directory(self, conn: sqlite3.Connection | None = None) -> Directory:
+        c = conn or self.reader
+
+        def is_local_domain(domain: str) -> bool:
+            return c.execute("SELECT 1 FROM domains WHERE name = ?", (domain,)).fetchone() is not None
+
+        def find_account(address: str) -> Account | None:
+            row = c.execute(
+                "SELECT id, address, domain FROM accounts WHERE address = ?", (address,)
+            ).fetchone()
+            return Account(*row) if row else None
+
+        def alias_targets(source: str) -> list[str]:
+            rows = c.execute("SELECT target FROM aliases WHERE source = ?", (source,)).fetchall()
+            return [r[0] for r in rows]
+
+        return Directory(is_local_domain, find_account, alias_targets)
+
+    def add_domain(self, name: str) -> None:
+        with self.transaction() as conn:
+            try:
+                conn.execute("INSERT INTO domains (name, created) VALUES (?, ?)", (name, time.time()))
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"domain {name} already exists") from None
+
+    def list_domains(self) -> list[tuple[str, int, int]]:
+        """(domain, accounts, aliases) for each domain."""
+        return self.reader.execute(
+            "SELECT name, (SELECT count(*) FROM accounts a WHERE a.domain = d.name),"
+            " (SELECT count(*) FROM aliases s WHERE s.domain = d.name)"
+            " FROM domains d ORDER BY name"
+        ).fetchall()
+
+    def remove_domain(self, name: str, *, force: bool = False) -> None:
+        with self.transaction() as conn:
+            if conn.execute("SELECT 1 FROM domains WHERE name = ?", (name,)).fetchone() is None:
+                raise NotFound(f"no domain {name}")
+            users = conn.execute("SELECT count(*) FROM accounts WHERE domain = ?", (name,)).fetchone()[0]
+            if users and not force:
+                raise StoreError(
+                    f"domain {name} still has {users} account(s); remove them first or use --force"
+                )
+            for (account_id,) in conn.execute(
+                "SELECT id FROM accounts WHERE domain = ?", (name,)
+            ).fetchall():
+                self._drop_account(conn, account_id)
+            conn.execute("DELETE FROM aliases WHERE domain = ?", (name,))
+            conn.execute("DELETE FROM domains WHERE name = ?", (name,))
+
+    def add_account(self, address: str, password_hash: str) -> Account:
+        local, _, domain = address.rpartition("@")
+        with self.transaction() as conn:
+            if conn.execute("SELECT 1 FROM domains WHERE name = ?", (domain,)).fetchone() is None:
+                raise NotFound(f"{domain} is not a local domain; add it with 'pillarbox domain add'")
+            try:
+                cur = conn.execute(
+                    "INSERT INTO accounts (address, domain, password, created) VALUES (?, ?, ?, ?)",
+                    (address, domain, password_hash, time.time()),
+                )
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"account {address} already exists") from None
+            account_id = cur.lastrowid
+            assert account_id is not None
+            for name, special in DEFAULT_MAILBOXES:
+                self._create_mailbox(conn, account_id, name, special)
+        return Account(account_id, address, domain)
+
+    def _create_mailbox(
+        self, conn: sqlite3.Connection, account_id: int, name: str, special: str | None
+    ) -> int:
+        # UIDVALIDITY: a fresh value for each mailbox that is (re)created, so a
+        # client never mistakes a new mailbox of the same name for the old one
+        # (RFC 9051 2.3.1.1).  Seconds plus randomness keep it unique.
+        uidvalidity = (int(time.time()) & 0x7FFFFF00) | secrets.randbits(8) or 1
+        cur = conn.execute(
+            "INSERT INTO mailboxes (account, name, special_use, uidvalidity, uidnext, highestmodseq)"
+            " VALUES (?, ?, ?, ?, 1, 1)",
+            (account_id, name, special, uidvalidity),
+        )
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def list_accounts(self, domain: str | None = None) -> list[Account]:
+        if domain:
+            rows = self.reader.execute(
+                "SELECT id, address, domain FROM accounts WHERE domain = ? ORDER BY address",
+                (domain,),
+            )
+        else:
+            rows = self.reader.execute("SELECT id, address, domain FROM accounts ORDER BY address")
+        return [Account(*r) for r in rows]
+
+    def get_password_hash(self, address: str) -> str | None:
+        row = self.reader.execute(
+            "SELECT password FROM accounts WHERE address = ?", (address,)
+        ).fetchone()
+        return row[0] if row else None
+
+    def set_password(self, address: str, password_hash: str) -> None:
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "UPDATE accounts SET password = ? WHERE address = ?", (password_hash, address)
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"no account {address}")
+
+    def remove_account(self, address: str) -> None:
+        with self.transaction() as conn:
+            row = conn.execute("SELECT id FROM accounts WHERE address = ?", (address,)).fetchone()
+            if row is None:
+                raise NotFound(f"no account {address}")
+            self._drop_account(conn, row[0])
+        self.collect_blobs()
+
+    def _drop_account(self, conn: sqlite3.Connection, account_id: int) -> None:
+        conn.execute(
+            "UPDATE blobs SET refs = refs - (SELECT count(*) FROM messages m JOIN mailboxes b"
+            " ON m.mailbox = b.id WHERE b.account = ? AND m.blob = blobs.id)"
+            " WHERE id IN (SELECT m.blob FROM messages m JOIN mailboxes b ON m.mailbox = b.id"
+            " WHERE b.account = ?)",
+            (account_id, account_id),
+        )
+        conn.execute(
+            "DELETE FROM messages WHERE mailbox IN (SELECT id FROM mailboxes WHERE account = ?)",
+            (account_id,),
+        )
+        conn.execute("DELETE FROM mailboxes WHERE account = ?", (account_id,))
+        conn.execute("DELETE FROM accounts WHERE id = ?", (account_id,))
+
+    def add_alias(self, source: str, target: str) -> None:
+        domain = source.rpartition("@")[2]
+        with self.transaction() as conn:
+            if conn.execute("SELECT 1 FROM domains WHERE name = ?", (domain,)).fetchone() is None:
+                raise NotFound(f"{domain} is not a local domain")
+            try:
+                conn.execute(
+                    "INSERT INTO aliases (source, target, domain) VALUES (?, ?, ?)",
+                    (source, target, domain),
+                )
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"alias {source} -> {target} already exists") from None
+
+    def list_aliases(self, domain: str | None = None) -> list[tuple[str, str]]:
+        sql = "SELECT source, target FROM aliases"
+        args: tuple[str, ...] = ()
+        if domain:
+            sql += " WHERE domain = ?"
+            args = (domain,)
+        return self.reader.execute(sql + " ORDER BY source, target", args).fetchall()
+
+    def remove_alias(self, source: str, target: str | None = None) -> int:
+        with self.transaction() as conn:
+            if target is None:
+                cur = conn.execute("DELETE FROM aliases WHERE source = ?", (source,))
+            else:
+                cur = conn.execute(
+                    "DELETE FROM aliases WHERE source = ? AND target = ?", (source, target)
+                )
+            if cur.rowcount == 0:
+                raise NotFound(f"no alias {source}" + (f" -> {target}" if target else ""))
+            return cur.rowcount
+
+    # ----------------------------------------------------------------- queue
+
+    def new_blob(self, blob_id: str) -> BlobWriter:
+        return self.blobs.writer(blob_id)
+
+    async def enqueue(self, blob_id: str, writer: BlobWriter, envelope: Envelope) -> None:
+        """Make the message durable, then record its envelope; return only after both.
+
+        Raises ``StorageFull`` when the disk or database is full (452 4.3.1).
+        """
+
+        def run(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            conn.execute("INSERT INTO blobs (id, size, refs) VALUES (?, ?, 1)", (blob_id, writer.size))
+            conn.execute(
+                "INSERT INTO queue (id, reverse_path, size, arrived, client_address, helo, body,"
+                " smtputf8, dsn_ret, dsn_envid, state, next_attempt)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', ?)",
+                (
+                    blob_id, envelope.reverse_path, writer.size, now, envelope.client_address,
+                    envelope.helo, envelope.body, int(envelope.smtputf8), envelope.dsn_ret,
+                    envelope.dsn_envid, now,
+                ),
+            )
+            conn.executemany(
+                "INSERT INTO recipients (queue_id, idx, address, notify, orcpt, status)"
+                " VALUES (?, ?, ?, ?, ?, 'pending')",
+                [
+                    (blob_id, i, r.address, r.notify, r.orcpt)
+                    for i, r in enumerate(envelope.recipients)
+                ],
+            )
+
+        future = self.committer.submit(run, prepare=writer.sync, dirs=(writer.path.parent,))
+        try:
+            # Shielded: once handed in, the commit's outcome must not depend on
+            # whether the client is still there to hear about it.
+            await asyncio.shield(asyncio.wrap_future(future))
+        except asyncio.CancelledError:
+            raise  # the commit goes on; a blob without a row is collected at start
+        except BaseException as exc:
+            writer.discard()
+            if _is_full(exc):
+                raise StorageFull(str(exc)) from exc
+            raise
+
+    def queue_list(self) -> list[QueueEntry]:
+        ids = [r[0] for r in self.reader.execute("SELECT id FROM queue ORDER BY id")]
+        return [e for e in (self.queue_get(i) for i in ids) if e is not None]
+
+    def queue_get(self, queue_id: str) -> QueueEntry | None:
+        conn = self.reader
+        row = conn.execute(
+            "SELECT id, reverse_path, size, arrived, client_address, helo, state, attempts,"
+            " next_attempt, last_reply, body, smtputf8, dsn_ret, dsn_envid FROM queue WHERE id = ?",
+            (queue_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        rcpts = tuple(
+            RecipientState(*r)
+            for r in conn.execute(
+                "SELECT idx, address, status, notify, orcpt, last_reply FROM recipients"
+                " WHERE queue_id = ? ORDER BY idx",
+                (queue_id,),
+            )
+        )
+        return QueueEntry(*row[:11], bool(row[11]), row[12], row[13], rcpts)
+
+    def queue_delete(self, queue_id: str) -> None:
+        with self.transaction() as conn:
+            if conn.execute("DELETE FROM queue WHERE id = ?", (queue_id,)).rowcount == 0:
+                raise NotFound(f"no queue entry {queue_id}")
+            conn.execute("DELETE FROM recipients WHERE queue_id = ?", (queue_id,))
+            conn.execute("UPDATE blobs SET refs = refs - 1 WHERE id = ?", (queue_id,))
+        self.collect_blobs()
+
+    def queue_counts(self) -> dict[str, int]:
+        rows = self.reader.execute("SELECT state, count(*) FROM queue GROUP BY state").fetchall()
+        return dict(rows)
+
+    # ------------------------------------------------------------- mailboxes
+
+    def list_mailboxes(self, address: str) -> list[MailboxInfo]:
+        conn = self.reader
+        row = conn.execute("SELECT id FROM accounts WHERE address = ?", (address,)).fetchone()
+        if row is None:
+            raise NotFound(f"no account {address}")
+        rows = conn.execute(
+            "SELECT b.id, b.name, b.special_use, b.uidvalidity, b.uidnext, b.highestmodseq,"
+            " count(m.uid), coalesce(sum(m.size), 0)"
+            " FROM mailboxes b LEFT JOIN messages m ON m.mailbox = b.id"
+            " WHERE b.account = ? GROUP BY b.id ORDER BY b.name != 'INBOX', b.name",
+            (row[0],),
+        ).fetchall()
+        return [MailboxInfo(*r) for r in rows]
+
+    def message_count(self) -> int:
+        return self.reader.execute("SELECT count(*) FROM messages").fetchone()[0]
+
+    def read_message(self, mailbox_id: int, uid: int) -> bytes:
+        """The whole message as a client sees it: prefix, then the blob."""
+        row = self.reader.execute(
+            "SELECT prefix, blob FROM messages WHERE mailbox = ? AND uid = ?", (mailbox_id, uid)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no message {uid} in mailbox {mailbox_id}")
+        return bytes(row[0]) + self.blobs.path(row[1]).read_bytes()
+
+    def list_messages(self, mailbox_id: int) -> list[tuple[int, int, str, float]]:
+        """(uid, size, flags, internal date) of each message, by UID."""
+        return self.reader.execute(
+            "SELECT uid, size, flags, internal_date FROM messages WHERE mailbox = ? ORDER BY uid",
+            (mailbox_id,),
+        ).fetchall()
+
+    # --------------------------------------------------------- housekeeping
+
+    def collect_blobs(self) -> int:
+        """Remove blobs no queue entry or mailbox refers to any more."""
+        with self.transaction() as conn:
+            ids = [r[0] for r in conn.execute("SELECT id FROM blobs WHERE refs <= 0")]
+            conn.executemany("DELETE FROM blobs WHERE id = ?", [(i,) for i in ids])
+        for blob_id in ids:
+            self.blobs.remove(blob_id)
+        return len(ids)
+
+    def collect_orphans(self, older_than: float = 0.0) -> int:
+        """Remove blob files with no row: messages whose session died before its 250.
+
+        Run at start, before any session, so no blob being written is touched.
+        ``older_than`` spares files modified after that time.
+        """
+        known = {r[0] for r in self.reader.execute("SELECT id FROM blobs")}
+        removed = 0
+        for blob_id in self.blobs.all_ids() - known:
+            path = self.blobs.path(blob_id)
+            try:
+                if older_than and path.stat().st_mtime > older_than:
+                    continue
+                os.unlink(path)
+                removed += 1
+            except FileNotFoundError:
+                pass
+        return removed

@@ -1,0 +1,177 @@
+"""Shared test fixtures: free ports, a real server in a subprocess, tool checks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def need_tool(name: str) -> str:
+    """The path of an external tool; skip without it, fail under CI (CI=true)."""
+    path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
+    if path is None:
+        message = f"{name} is not installed (Debian package: see .ci/run)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+class Server:
+    """``pillarbox serve`` on a free loopback port with its own data directory."""
+
+    def __init__(self, data_dir: Path, options: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.options = {
+            "server.data_dir": str(data_dir),
+            "server.hostname": "mx.test",
+            "smtp.listen": f"127.0.0.1:{self.port}",
+            "server.workers": "1",
+            **(options or {}),
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir.parent / f"{data_dir.name}-server.log"
+
+    @property
+    def db(self) -> Path:
+        return self.data_dir / "pillarbox.db"
+
+    def start(self, timeout: float = 20.0) -> Server:
+        args = [sys.executable, "-m", "pillarbox"]
+        for key, value in self.options.items():
+            args += ["-o", f"{key}={value}"]
+        args.append("serve")
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=self.data_dir.parent,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    if s.recv(100).startswith(b"220"):
+                        s.sendall(b"QUIT\r\n")
+                        return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"server did not start: {self.log()}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL the supervisor and every child at once: the crash of the crash test."""
+        if self.proc is not None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+            self.proc = None
+
+    def query(self, sql: str, args: tuple = ()) -> list[tuple]:
+        conn = sqlite3.connect(self.db, timeout=30)
+        try:
+            return conn.execute(sql, args).fetchall()
+        finally:
+            conn.close()
+
+    def delivered(self) -> int:
+        return self.query("SELECT count(*) FROM messages")[0][0]
+
+    def wait_delivered(self, n: int, timeout: float = 30.0) -> int:
+        deadline = time.monotonic() + timeout
+        count = self.delivered()
+        while count < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+            count = self.delivered()
+        return count
+
+    def inbox(self, address: str) -> list[bytes]:
+        """Every message in the INBOX of ``address``, as a client would read it."""
+        rows = self.query(
+            "SELECT m.prefix, m.blob FROM messages m JOIN mailboxes b ON m.mailbox = b.id"
+            " JOIN accounts a ON b.account = a.id WHERE a.address = ? AND b.name = 'INBOX'"
+            " ORDER BY m.uid",
+            (address,),
+        )
+        out = []
+        for prefix, blob in rows:
+            path = self.data_dir / "blobs" / blob[-2:] / blob
+            out.append(bytes(prefix) + path.read_bytes())
+        return out
+
+
+def add_account(data_dir: Path, address: str, password: str = "secret") -> None:
+    from pillarbox.auth.passwords import hash_password
+    from pillarbox.store.base import AlreadyExists
+    from pillarbox.store.sqlite.store import SQLiteStore
+
+    store = SQLiteStore(data_dir).open()
+    try:
+        domain = address.rpartition("@")[2]
+        try:
+            store.add_domain(domain)
+        except AlreadyExists:
+            pass
+        store.add_account(address, hash_password(password))
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator:
+    servers: list[Server] = []
+
+    def make(options: dict[str, str] | None = None, *, accounts=("alice@example.test",),
+             start: bool = True, name: str = "data") -> Server:
+        data_dir = tmp_path / name
+        data_dir.mkdir(exist_ok=True)
+        for address in accounts:
+            add_account(data_dir, address)
+        server = Server(data_dir, options)
+        servers.append(server)
+        if start:
+            server.start()
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def server(server_factory) -> Server:
+    return server_factory()
