@@ -250,18 +250,30 @@ async def _worker_main(
     from pillarbox.net.smtp import SMTPListenerConfig, SMTPProtocol
     from pillarbox.protocols.smtp.reply import SHUTTING_DOWN
     from pillarbox.protocols.smtp.server import Limits
-    from pillarbox.queue.manager import Waker, wakeup_path
+    from pillarbox.queue.ipc import QueueClient, QueueRefused
+    from pillarbox.queue.manager import socket_path
     from pillarbox.receive.session import ReceiverContext
+    from pillarbox.store.base import Envelope, StorageFull
+    from pillarbox.store.blobs import BlobWriter
 
     store = SQLiteStore(config.server.data_dir)
-    waker = Waker(wakeup_path(store))
+    client = QueueClient(socket_path(store))
+
+    async def enqueue(blob_id: str, writer: BlobWriter, envelope: Envelope) -> None:
+        try:
+            writer.finish()
+            await client.enqueue(blob_id, writer.path, writer.size, envelope)
+        except (OSError, StorageFull, QueueRefused):
+            writer.discard()  # certainly not committed
+            raise
+
     smtp = config.smtp
     ctx = ReceiverContext(
         store=store,
         hostname=config.server.hostname,
         recipient_delimiter=config.delivery.recipient_delimiter,
         min_free_space=config.queue.min_free_space,
-        wake_queue=waker.wake,
+        enqueue=enqueue,
     )
     cfg = SMTPListenerConfig(
         limits=Limits(
@@ -307,8 +319,8 @@ async def _worker_main(
                 p.transport.write(p.core.data_to_send())
             p.transport.close()
     await asyncio.sleep(0.05)
+    await client.close()
     store.close()
-    waker.close()
     return 0
 
 

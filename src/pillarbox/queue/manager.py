@@ -1,13 +1,22 @@
-"""The queue manager: finds what is due and delivers it, in batches.
+"""The queue manager: takes in what workers received, and delivers it.
 
-Like Postfix's qmgr it keeps only a bounded window of work in memory: it
-reads at most ``BATCH`` due entries at a time, so a huge deferred queue
-cannot exhaust it.  Workers wake it through a datagram socket in the data
-directory after each commit; without wake-ups it still looks every second,
-so a lost datagram delays mail by a second at most and never loses it.
+Two paths lead to delivery:
 
-Transient failures defer the entry with exponential back-off; entries older
-than ``MAX_LIFETIME`` fail permanently.
+- **Fresh mail.**  Workers hand envelopes over through ``pillarbox.queue.ipc``.
+  Each one becomes a group-commit job (fsync of the blob, rows of the entry);
+  once committed, its id joins the next delivery batch, which the same
+  committer thread runs in a following transaction.  Under load, one
+  transaction carries new entries and the delivery of the previous ones, so a
+  message costs a share of two commits and no polling.
+- **The queue.**  Entries that the fast path could not finish (a restart, a
+  transient failure, a retry that is due) are found by a poll every second.
+  Like Postfix's qmgr it reads at most ``batch`` entries at a time, so a huge
+  deferred queue cannot exhaust memory.
+
+A fresh entry is written with its first attempt a lease in the future, so the
+poll leaves it to the fast path; at start every active entry is made due, so
+nothing waits for a lease that no one holds any more.  Transient failures
+defer an entry with exponential back-off; after ``MAX_LIFETIME`` it is held.
 """
 
 from __future__ import annotations
@@ -15,17 +24,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import time
 from pathlib import Path
+from typing import Any
 
 from pillarbox.deliver.local import deliver_batch
 from pillarbox.log import log_event
-from pillarbox.store.sqlite.store import SQLiteStore
+from pillarbox.queue.ipc import envelope_from_json, serve_requests
+from pillarbox.store.blobs import sync_file
+from pillarbox.store.sqlite.store import SQLiteStore, is_full
 
 BATCH = 500
 POLL_SECONDS = 1.0
+LEASE_SECONDS = 60.0
 FIRST_RETRY = 300.0
 MAX_RETRY = 4 * 3600.0
 MAX_LIFETIME = 5 * 86400.0
@@ -33,93 +44,105 @@ MAX_LIFETIME = 5 * 86400.0
 log = logging.getLogger("pillarbox.queue")
 
 
-def wakeup_path(store: SQLiteStore) -> Path:
+def socket_path(store: SQLiteStore) -> Path:
     return store.run_dir / "queue.sock"
-
-
-class Waker:
-    """The workers' side of the wake-up channel: one datagram, fire and forget."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = str(path)
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.setblocking(False)
-
-    def wake(self) -> None:
-        with contextlib.suppress(OSError):
-            self._sock.sendto(b"!", self._path)
-
-    def close(self) -> None:
-        self._sock.close()
 
 
 class QueueManager:
     def __init__(self, store: SQLiteStore, *, delimiters: str, batch: int = BATCH) -> None:
         self.store = store
-        self.batch = batch
         self.delimiters = delimiters
-        self._wake = asyncio.Event()
-        self._sock: socket.socket | None = None
+        self.batch = batch
+        self._fresh: list[str] = []
+        self._kick = asyncio.Event()
         self._stopping = False
+        self._server: asyncio.AbstractServer | None = None
 
-    def listen(self) -> None:
-        path = wakeup_path(self.store)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.bind(str(path))
-        sock.setblocking(False)
-        self._sock = sock
-        asyncio.get_running_loop().add_reader(sock.fileno(), self._on_datagram)
+    # ----------------------------------------------------------------- intake
 
-    def _on_datagram(self) -> None:
-        assert self._sock is not None
-        with contextlib.suppress(BlockingIOError):
-            while True:
-                self._sock.recv(64)
-        self._wake.set()
+    async def handle(self, frame: dict[str, Any]) -> dict[str, Any]:
+        """Commit one handed-over message; answer only once it is durable."""
+        if frame.get("op") != "enqueue":
+            return {"ok": False, "error": f"unknown operation {frame.get('op')!r}"}
+        blob_id = str(frame["blob"])
+        path = Path(frame["path"])
+        if path != self.store.blobs.path(blob_id):
+            return {"ok": False, "error": "blob path outside the store"}
+        size = int(frame["size"])
+        envelope = envelope_from_json(frame["envelope"])
+        lease = time.time() + LEASE_SECONDS
+        future = self.store.committer.submit(
+            lambda conn: self.store.insert_entry(conn, blob_id, size, envelope, lease),
+            prepare=lambda: sync_file(path),
+            dirs=(path.parent,),
+        )
+        try:
+            await asyncio.wrap_future(future)
+        except Exception as exc:  # noqa: BLE001 - reported to the worker
+            log_event(log, "enqueue failed", queue_id=blob_id, error=repr(exc),
+                      level=logging.ERROR)
+            return {"ok": False, "full": is_full(exc), "error": str(exc)}
+        self._fresh.append(blob_id)
+        self._kick.set()
+        return {"ok": True}
+
+    # ------------------------------------------------------------------- loop
 
     def stop(self) -> None:
         self._stopping = True
-        self._wake.set()
+        self._kick.set()
 
     async def run(self) -> None:
-        self.listen()
+        self._make_active_due()
+        self._server = await serve_requests(socket_path(self.store), self.handle)
+        poller = asyncio.create_task(self._poll())
+        while not self._stopping:
+            await self._kick.wait()
+            self._kick.clear()
+            while self._fresh:
+                ids, self._fresh = self._fresh[: self.batch], self._fresh[self.batch :]
+                await self.deliver(ids)
+        self._server.close()
+        poller.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await poller
+
+    def _make_active_due(self) -> None:
+        with self.store.transaction() as conn:
+            conn.execute(
+                "UPDATE queue SET next_attempt = ? WHERE state = 'active'", (time.time(),)
+            )
+
+    async def _poll(self) -> None:
         while not self._stopping:
             try:
                 while await self.run_once():
                     pass
             except Exception:  # noqa: BLE001 - never let the manager die; retry next round
                 log.exception("queue run failed; retrying")
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
-            self._wake.clear()
-        if self._sock is not None:
-            asyncio.get_running_loop().remove_reader(self._sock.fileno())
-            self._sock.close()
+            await asyncio.sleep(POLL_SECONDS)
 
     async def run_once(self) -> int:
         """Deliver one batch of due entries; return how many were taken."""
-        now = time.time()
         rows = self.store.reader.execute(
             "SELECT id FROM queue WHERE state IN ('active', 'deferred') AND next_attempt <= ?"
             " ORDER BY next_attempt LIMIT ?",
-            (now, self.batch),
+            (time.time(), self.batch),
         ).fetchall()
-        if not rows:
-            return 0
-        ids = [r[0] for r in rows]
+        if rows:
+            await self.deliver([r[0] for r in rows])
+        return len(rows)
+
+    async def deliver(self, ids: list[str]) -> None:
         store = self.store
-
-        def job(conn):  # type: ignore[no-untyped-def]
-            return deliver_batch(store, conn, ids, self.delimiters)
-
         try:
-            delivered, failures = await asyncio.wrap_future(store.committer.submit(job))
+            delivered, failures = await asyncio.wrap_future(
+                store.committer.submit(lambda conn: deliver_batch(store, conn, ids, self.delimiters))
+            )
         except Exception as exc:  # noqa: BLE001 - transient: defer the whole batch
             log.warning("delivery batch failed, deferring %d entries: %s", len(ids), exc)
             await self._defer(ids, f"451 4.3.0 {exc}")
-            return 0
+            return
         for d in delivered:
             log_event(
                 log, "delivered", queue_id=d.queue_id, to=d.recipient, account=d.account,
@@ -131,8 +154,8 @@ class QueueManager:
                 to=f.recipient, status="bounced" if f.permanent else "deferred", reply=f.reply,
                 level=logging.WARNING,
             )
-        store.collect_blobs() if failures else None
-        return len(ids)
+        if failures:
+            store.collect_blobs()
 
     async def _defer(self, ids: list[str], reply: str) -> None:
         now = time.time()
@@ -146,9 +169,7 @@ class QueueManager:
                     continue
                 attempts, arrived = row
                 delay = min(FIRST_RETRY * (2**attempts), MAX_RETRY)
-                state = "deferred"
-                if now - arrived > MAX_LIFETIME:
-                    state = "hold"
+                state = "hold" if now - arrived > MAX_LIFETIME else "deferred"
                 conn.execute(
                     "UPDATE queue SET state = ?, attempts = attempts + 1, next_attempt = ?,"
                     " last_reply = ? WHERE id = ?",

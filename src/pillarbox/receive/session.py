@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email.utils import format_datetime
 from datetime import datetime, timezone
@@ -45,7 +46,9 @@ class ReceiverContext:
     hostname: str
     recipient_delimiter: str
     min_free_space: int
-    wake_queue: object = None  # callable, or None
+    # Makes a finished blob and its envelope durable (``SQLiteStore.enqueue``
+    # in-process, the queue manager's hand-over under ``serve``).
+    enqueue: Callable[[str, BlobWriter, Envelope], Awaitable[None]] | None = None
     _space_checked: float = 0.0
     _space_ok: bool = True
 
@@ -175,18 +178,19 @@ class Session:
         )
         started = time.monotonic()
         try:
-            await self.ctx.store.enqueue(tx.queue_id, tx.writer, envelope)
-        except StorageFull as exc:
-            log_event(log, "refused", client=self.client_address, reason="storage full",
-                      error=str(exc), level=logging.ERROR)
-            return INSUFFICIENT_STORAGE
+            enqueue = self.ctx.enqueue or self.ctx.store.enqueue
+            await enqueue(tx.queue_id, tx.writer, envelope)
+        except (StorageFull, OSError) as exc:
+            full = isinstance(exc, StorageFull) or _is_enospc(exc)  # type: ignore[arg-type]
+            log_event(log, "refused", client=self.client_address,
+                      reason="storage full" if full else "spool error", error=str(exc),
+                      level=logging.ERROR)
+            return INSUFFICIENT_STORAGE if full else LOCAL_ERROR
         except Exception as exc:  # noqa: BLE001 - any failure to store is transient for the client
             log_event(log, "refused", client=self.client_address, reason="store error",
                       error=repr(exc), level=logging.ERROR)
             return LOCAL_ERROR
         self.messages += 1
-        if self.ctx.wake_queue is not None:
-            self.ctx.wake_queue()  # type: ignore[operator]
         log_event(
             log, "queued", queue_id=tx.queue_id, client=self.client_address,
             helo=self.core.helo_name, from_=f"<{envelope.reverse_path}>",

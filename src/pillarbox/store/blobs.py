@@ -20,7 +20,7 @@ _BUFFER = 65536
 
 
 def new_id() -> str:
-    """A queue/blob id: 11 hex digits of microseconds, 5 random hex digits.
+    """A queue/blob id: 13 hex digits of microseconds, 5 random hex digits.
 
     Sortable by arrival, unique across processes without coordination, and
     short enough to read out over the phone.
@@ -103,6 +103,12 @@ class BlobWriter:
         os.close(self._fd)
         self.closed = True
 
+    def finish(self) -> None:
+        """Flush and close without fsync: another process makes it durable."""
+        self.flush()
+        os.close(self._fd)
+        self.closed = True
+
     def discard(self) -> None:
         if not self.closed:
             self.closed = True
@@ -114,6 +120,15 @@ class BlobWriter:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+
+
+def sync_file(path: Path) -> None:
+    """fsync a file written and closed by another process (fsync acts on the inode)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def sync_dirs(paths: set[Path]) -> None:

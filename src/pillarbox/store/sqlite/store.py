@@ -52,7 +52,7 @@ DEFAULT_MAILBOXES = (
 )
 
 
-def _is_full(exc: BaseException) -> bool:
+def is_full(exc: BaseException) -> bool:
     if isinstance(exc, OSError):
         import errno
 
@@ -305,35 +305,42 @@ class SQLiteStore:
     def new_blob(self, blob_id: str) -> BlobWriter:
         return self.blobs.writer(blob_id)
 
+    @staticmethod
+    def insert_entry(
+        conn: sqlite3.Connection, blob_id: str, size: int, envelope: Envelope,
+        next_attempt: float | None = None,
+    ) -> None:
+        """Record a received message: its blob, envelope and recipients (one job)."""
+        now = time.time()
+        conn.execute("INSERT INTO blobs (id, size, refs) VALUES (?, ?, 1)", (blob_id, size))
+        conn.execute(
+            "INSERT INTO queue (id, reverse_path, size, arrived, client_address, helo, body,"
+            " smtputf8, dsn_ret, dsn_envid, state, next_attempt)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', ?)",
+            (
+                blob_id, envelope.reverse_path, size, now, envelope.client_address,
+                envelope.helo, envelope.body, int(envelope.smtputf8), envelope.dsn_ret,
+                envelope.dsn_envid, now if next_attempt is None else next_attempt,
+            ),
+        )
+        conn.executemany(
+            "INSERT INTO recipients (queue_id, idx, address, notify, orcpt, status)"
+            " VALUES (?, ?, ?, ?, ?, 'pending')",
+            [(blob_id, i, r.address, r.notify, r.orcpt) for i, r in enumerate(envelope.recipients)],
+        )
+
     async def enqueue(self, blob_id: str, writer: BlobWriter, envelope: Envelope) -> None:
         """Make the message durable, then record its envelope; return only after both.
 
-        Raises ``StorageFull`` when the disk or database is full (452 4.3.1).
+        The in-process path (tests, tools); ``serve`` hands envelopes to the
+        queue manager instead (``pillarbox.queue.ipc``).  Raises ``StorageFull``
+        when the disk or database is full (452 4.3.1).
         """
-
-        def run(conn: sqlite3.Connection) -> None:
-            now = time.time()
-            conn.execute("INSERT INTO blobs (id, size, refs) VALUES (?, ?, 1)", (blob_id, writer.size))
-            conn.execute(
-                "INSERT INTO queue (id, reverse_path, size, arrived, client_address, helo, body,"
-                " smtputf8, dsn_ret, dsn_envid, state, next_attempt)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', ?)",
-                (
-                    blob_id, envelope.reverse_path, writer.size, now, envelope.client_address,
-                    envelope.helo, envelope.body, int(envelope.smtputf8), envelope.dsn_ret,
-                    envelope.dsn_envid, now,
-                ),
-            )
-            conn.executemany(
-                "INSERT INTO recipients (queue_id, idx, address, notify, orcpt, status)"
-                " VALUES (?, ?, ?, ?, ?, 'pending')",
-                [
-                    (blob_id, i, r.address, r.notify, r.orcpt)
-                    for i, r in enumerate(envelope.recipients)
-                ],
-            )
-
-        future = self.committer.submit(run, prepare=writer.sync, dirs=(writer.path.parent,))
+        size = writer.size
+        future = self.committer.submit(
+            lambda conn: self.insert_entry(conn, blob_id, size, envelope),
+            prepare=writer.sync, dirs=(writer.path.parent,),
+        )
         try:
             # Shielded: once handed in, the commit's outcome must not depend on
             # whether the client is still there to hear about it.
@@ -342,7 +349,7 @@ class SQLiteStore:
             raise  # the commit goes on; a blob without a row is collected at start
         except BaseException as exc:
             writer.discard()
-            if _is_full(exc):
+            if is_full(exc):
                 raise StorageFull(str(exc)) from exc
             raise
 

@@ -1,0 +1,181 @@
+"""The hand-over from protocol workers to the queue manager.
+
+With the embedded SQLite store, one process writes the queue: the queue
+manager.  A worker streams a message into its blob, then sends the envelope
+here over a Unix socket in the data directory; the manager makes the blob
+durable (fsync of the file and its directory), commits the envelope together
+with every other envelope that arrived meanwhile (group commit), and answers.
+Only then does the worker say ``250``.  This is Postfix's smtpd → cleanup →
+qmgr hand-over in one step, and it keeps SQLite's single write lock inside
+one process, where it is never fought over (docs/architecture.md).
+
+Framing: a 4-byte big-endian length, then a JSON object.  Requests carry an
+``id`` that the answer repeats, so a worker can have many requests in flight
+on one connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from pillarbox.store.base import Envelope, EnvelopeRecipient, StorageFull
+
+_HEADER = struct.Struct(">I")
+MAX_FRAME = 16 * 1024 * 1024
+
+
+class QueueUnavailable(Exception):
+    """The queue manager cannot be reached: the session answers 451 4.3.0.
+
+    Whether a message in flight was committed is then unknown, so its blob
+    stays; if it has no row, it is collected at the next start.
+    """
+
+
+class QueueRefused(QueueUnavailable):
+    """The queue manager answered that it did not commit the message."""
+
+
+def encode(obj: dict[str, Any]) -> bytes:
+    data = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    return _HEADER.pack(len(data)) + data
+
+
+async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any] | None:
+    try:
+        header = await reader.readexactly(4)
+    except asyncio.IncompleteReadError:
+        return None
+    (length,) = _HEADER.unpack(header)
+    if length > MAX_FRAME:
+        raise ValueError(f"frame of {length} bytes")
+    return json.loads(await reader.readexactly(length))  # type: ignore[no-any-return]
+
+
+def envelope_to_json(envelope: Envelope) -> dict[str, Any]:
+    return asdict(envelope)
+
+
+def envelope_from_json(obj: dict[str, Any]) -> Envelope:
+    recipients = tuple(EnvelopeRecipient(**r) for r in obj.pop("recipients"))
+    return Envelope(recipients=recipients, **obj)
+
+
+class QueueClient:
+    """A worker's connection to the queue manager; reconnects when it must."""
+
+    def __init__(self, path: Path, *, connect_timeout: float = 15.0) -> None:
+        self.path = path
+        self.connect_timeout = connect_timeout
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._next = 0
+        self._lock = asyncio.Lock()
+
+    async def _connect(self) -> asyncio.StreamWriter:
+        async with self._lock:
+            if self._writer is not None and not self._writer.is_closing():
+                return self._writer
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.connect_timeout
+            while True:
+                try:
+                    reader, writer = await asyncio.open_unix_connection(str(self.path))
+                    break
+                except OSError:
+                    # The manager is (re)starting: the supervisor brings it back.
+                    if loop.time() > deadline:
+                        raise QueueUnavailable(f"no queue manager at {self.path}") from None
+                    await asyncio.sleep(0.1)
+            self._writer = writer
+            self._reader_task = asyncio.create_task(self._read_answers(reader))
+            return writer
+
+    async def _read_answers(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                frame = await read_frame(reader)
+                if frame is None:
+                    break
+                future = self._pending.pop(frame["id"], None)
+                if future is not None and not future.done():
+                    future.set_result(frame)
+        except (OSError, ValueError):
+            pass
+        finally:
+            self._writer = None
+            # Requests in flight are unknown: committed or not.  The session
+            # answers 451, and the client's retry may duplicate a message,
+            # which SMTP allows (RFC 5321 6.1); it never loses one.
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(QueueUnavailable("queue manager connection lost"))
+            self._pending.clear()
+
+    async def enqueue(self, blob_id: str, path: Path, size: int, envelope: Envelope) -> None:
+        writer = await self._connect()
+        self._next += 1
+        request_id = self._next
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        writer.write(
+            encode({
+                "id": request_id, "op": "enqueue", "blob": blob_id, "path": str(path),
+                "size": size, "envelope": envelope_to_json(envelope),
+            })
+        )
+        answer = await asyncio.shield(future)
+        if answer.get("ok"):
+            return
+        if answer.get("full"):
+            raise StorageFull(answer.get("error", "storage full"))
+        raise QueueRefused(answer.get("error", "queue manager refused"))
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+async def serve_requests(path: Path, handler: Handler) -> asyncio.AbstractServer:
+    """The manager's side: one task per request, answers in any order."""
+
+    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def answer(frame: dict[str, Any]) -> None:
+            try:
+                result = await handler(frame)
+            except Exception as exc:  # noqa: BLE001 - reported to the worker, which answers 451
+                result = {"ok": False, "error": repr(exc)}
+            result["id"] = frame.get("id")
+            if not writer.is_closing():
+                writer.write(encode(result))
+
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                frame = await read_frame(reader)
+                if frame is None:
+                    break
+                task = asyncio.create_task(answer(frame))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+        except (OSError, ValueError, json.JSONDecodeError):
+            pass
+        finally:
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            writer.close()
+
+    path.unlink(missing_ok=True)
+    return await asyncio.start_unix_server(connection, str(path))
