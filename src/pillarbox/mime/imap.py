@@ -1,0 +1,314 @@
+"""IMAP renderings of a parsed message: ENVELOPE, BODYSTRUCTURE, BODY[section], BINARY.
+
+RFC 9051 §7.5.2 (identical to RFC 3501 for these items) and RFC 3516. Dovecot's
+output is the reference, byte for byte (see tests/mime/test_dovecot.py); the
+quoting rules follow it: a string is quoted unless it holds CR, LF, 8-bit
+octets or more than a few quoted-specials, then it is a literal; "human" text
+(subjects, display names, MIME field values) has its whitespace runs collapsed,
+CR/LF removed and NUL replaced by 0x80.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .addresses import Group, Mailbox, parse_address_list
+from .headers import HeaderField, unfold
+from .params import parse_token_value
+from .parser import Part
+
+__all__ = [
+    "SectionError",
+    "bodystructure",
+    "envelope",
+    "fetch_binary",
+    "fetch_section",
+    "human_string",
+    "nstring",
+    "resolve_part",
+]
+
+
+class SectionError(ValueError):
+    """The section specifier does not name a part of this message (the client's fault)."""
+
+
+# --- strings -----------------------------------------------------------------------
+
+_MAX_ESCAPES = 4
+
+
+def nstring(value: bytes | None) -> bytes:
+    """NIL, a quoted string, or a literal when quoting cannot carry the octets."""
+    if value is None:
+        return b"NIL"
+    if b"\r" in value or b"\n" in value or b"\x00" in value or any(c >= 0x80 for c in value) or (
+        value.count(b'"') + value.count(b"\\") > _MAX_ESCAPES
+    ):
+        return b"{%d}\r\n%s" % (len(value), value)
+    return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+
+
+_HUMAN_WS = re.compile(rb"[ \t]+")
+
+
+def human_string(value: bytes | None) -> bytes:
+    """Text for people: whitespace runs collapsed, line breaks removed, NUL → 0x80.
+
+    Such a value is sent as a quoted string when it needs no change and has no
+    quoted-specials, else as a literal.
+    """
+    if value is None:
+        return b"NIL"
+    if not (re.search(rb"[\x00\t\r\n\"\\\x80-\xff]|  |^ | $", value)):
+        return b'"' + value + b'"'
+    v = value.replace(b"\r", b"").replace(b"\n", b"").replace(b"\x00", b"\x80")
+    v = _HUMAN_WS.sub(b" ", v).strip(b" ")
+    if not v:
+        return b'""'
+    return b"{%d}\r\n%s" % (len(v), v)
+
+
+def _list(items: list[bytes]) -> bytes:
+    return b"(" + b" ".join(items) + b")"
+
+
+# --- ENVELOPE ----------------------------------------------------------------------
+
+_ENVELOPE_FIELDS = ("date", "subject", "from", "sender", "reply-to", "to", "cc", "bcc",
+                    "in-reply-to", "message-id")
+
+
+_ADDRESS_FIELDS = ("from", "sender", "reply-to", "to", "cc", "bcc")
+
+
+def _addresses(value: bytes | None) -> bytes:
+    if value is None:
+        return b"NIL"
+    items = parse_address_list(value)
+    out: list[bytes] = []
+
+    def mailbox(mb: Mailbox) -> bytes:
+        return b"(" + b" ".join([
+            human_string(mb.name),
+            nstring(mb.route),
+            nstring(mb.mailbox if mb.mailbox is not None else b"MISSING_MAILBOX"),
+            nstring(b"SYNTAX_ERROR" if not mb.valid else
+                    mb.domain if mb.domain is not None else b"MISSING_DOMAIN"),
+        ]) + b")"
+
+    for item in items:
+        if isinstance(item, Group):
+            out.append(b"(NIL NIL " + nstring(item.name) + b" NIL)")
+            out.extend(mailbox(m) for m in item.members)
+            out.append(b"(NIL NIL NIL NIL)")
+        else:
+            out.append(mailbox(item))
+    return b"(" + b"".join(out) + b")" if out else b"NIL"
+
+
+def envelope(part: Part) -> bytes:
+    """The ENVELOPE of a message (the root part, or ``part.message`` of a message/rfc822)."""
+    found: dict[str, bytes] = {}
+    for f in part.headers:
+        key = f.name.lower()
+        if key in _ADDRESS_FIELDS and key in found:
+            # a repeated address field adds its addresses (as Dovecot does)
+            found[key] += b", " + unfold(f.value)
+        elif key in _ENVELOPE_FIELDS:
+            found[key] = unfold(f.value)  # otherwise the last occurrence wins, as in Dovecot
+    frm = _addresses(found.get("from"))
+    items = [
+        nstring(found.get("date")),
+        human_string(found.get("subject")),
+        frm,
+        _addresses(found["sender"]) if "sender" in found else frm,
+        _addresses(found["reply-to"]) if "reply-to" in found else frm,
+        _addresses(found.get("to")),
+        _addresses(found.get("cc")),
+        _addresses(found.get("bcc")),
+        nstring(found.get("in-reply-to")),
+        nstring(found.get("message-id")),
+    ]
+    return _list(items)
+
+
+# --- BODYSTRUCTURE -----------------------------------------------------------------
+
+def _first(part: Part, name: str) -> HeaderField | None:
+    return part.headers.first(name)
+
+
+def _field_string(part: Part, name: str) -> bytes:
+    f = _first(part, name)
+    return b"NIL" if f is None else nstring(unfold(f.value))
+
+
+def _params(raw: list[tuple[str, bytes]]) -> list[bytes]:
+    out: list[bytes] = []
+    for name, value in _rfc2231_merge(raw):
+        out += [nstring(name.encode("latin-1")), nstring(value)]
+    return out
+
+
+def _rfc2231_merge(raw: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """Join continuations, keeping the charset'lang' prefix of extended values as written."""
+    plain: list[tuple[str, bytes]] = []
+    sections: dict[str, dict[int, tuple[bool, bytes]]] = {}
+    order: list[str] = []
+    for name, value in raw:
+        m = re.match(r"^(.*?)\*(\d+)(\*?)$", name)
+        if m:
+            base = m.group(1)
+            if base not in sections:
+                sections[base] = {}
+                order.append(base)
+            sections[base].setdefault(int(m.group(2)), (bool(m.group(3)), value))
+        else:
+            plain.append((name, value))
+    for base in order:
+        parts = sections[base]
+        extended = parts.get(0, (False, b""))[0]
+        chunks = []
+        for i in range(len(parts)):
+            if i not in parts:
+                break
+            chunks.append(parts[i][1])  # Dovecot joins sections as written
+        plain.append((base + ("*" if extended else ""), b"".join(chunks)))
+    return plain
+
+
+def _extension(part: Part, multipart: bool) -> list[bytes]:
+    out: list[bytes] = []
+    if not multipart:
+        out.append(_field_string(part, "Content-MD5"))
+    disp = _first(part, "Content-Disposition")
+    parsed = parse_token_value(unfold(disp.value)) if disp else None
+    if parsed is None:
+        out.append(b"NIL")
+    else:
+        dparams = _params(parsed[1])
+        out.append(b"(" + nstring(parsed[0].encode("latin-1")) + b" "
+                   + (_list(dparams) if dparams else b"NIL") + b")")
+    lang = _first(part, "Content-Language")
+    tags = [t for t in re.split(rb"[\s,]+", unfold(lang.value)) if t] if lang else []
+    out.append(_list([human_string(t) for t in tags]) if tags else b"NIL")
+    out.append(_field_string(part, "Content-Location"))
+    return out
+
+
+_EMPTY_TEXT = b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 0 0'
+
+
+def _type_fields(part: Part) -> tuple[bytes, bytes, list[bytes]]:
+    typ = (part.type_raw or part.type).encode("latin-1")
+    sub = (part.subtype_raw or part.subtype).encode("latin-1")
+    params = _params(part.params_raw)
+    if part.type == "text" and not any(n.lower() == "charset" for n, _ in part.params_raw):
+        params += [b'"charset"', b'"us-ascii"']
+    return nstring(typ), nstring(sub), params
+
+
+def bodystructure(part: Part, extended: bool = True) -> bytes:
+    """BODYSTRUCTURE (``extended``) or BODY of ``part`` and everything below it."""
+    if part.is_multipart:
+        if part.children:
+            inner = b"".join(bodystructure(c, extended) for c in part.children)
+        else:  # RFC 9051 requires a part: say it is an empty text one, as Dovecot does
+            inner = _EMPTY_TEXT + (b" NIL NIL NIL NIL)" if extended else b")")
+        items = [inner, nstring(part.subtype_raw.encode("latin-1"))]
+        if extended:
+            params = _params(part.params_raw)
+            items.append(_list(params) if params else b"NIL")
+            items += _extension(part, True)
+        return b"(" + b" ".join(items) + b")"
+    typ, sub, params = _type_fields(part)
+    cte = _first(part, "Content-Transfer-Encoding")
+    enc = human_string(unfold(cte.value).strip()) if cte and cte.value.strip() else b'"7bit"'
+    items = [typ, sub, _list(params) if params else b"NIL",
+             _field_string(part, "Content-ID"), _field_string(part, "Content-Description"),
+             enc, str(part.body_size).encode()]
+    if part.message is not None:
+        items += [envelope(part.message), bodystructure(part.message, extended),
+                  str(part.lines).encode()]
+    elif part.type == "text":
+        items.append(str(part.lines).encode())
+    if extended:
+        items += _extension(part, False)
+    return b"(" + b" ".join(items) + b")"
+
+
+# --- BODY[section] and BINARY[section] ------------------------------------------------
+
+def resolve_part(root: Part, path: list[int]) -> Part:
+    """The part named by a section-part such as ``[1, 2]`` (RFC 9051 §6.4.5)."""
+    node = root
+    for depth, n in enumerate(path):
+        if n < 1:
+            raise SectionError("part numbers start at 1")
+        if depth > 0 and node.message is not None:
+            node = node.message
+        if node.is_multipart:
+            if n > len(node.children):  # also: a multipart that had no boundary
+                raise SectionError("no such part")
+            node = node.children[n - 1]
+        elif n != 1:
+            raise SectionError("no such part")
+    return node
+
+
+_SPEC = re.compile(r"^((?:\d+\.)*\d+)?\.?(HEADER\.FIELDS\.NOT|HEADER\.FIELDS|HEADER|TEXT|MIME)?"
+                   r"(?:\s*\(([^)]*)\))?$", re.IGNORECASE)
+
+
+def _header_fields(part: Part, names: list[str], negate: bool) -> bytes:
+    wanted = {n.lower() for n in names}
+    out = []
+    for f in part.headers:
+        if (f.name.lower() in wanted) != negate:
+            raw = f.raw
+            out.append(raw if raw.endswith(b"\n") else raw + b"\r\n")
+    return b"".join(out) + b"\r\n"
+
+
+def fetch_section(root: Part, spec: str) -> bytes:
+    """The octets of ``BODY[spec]``: ``""``, ``1.2``, ``HEADER``, ``1.MIME``,
+    ``2.HEADER.FIELDS (From To)``, ``TEXT``, ...
+    """
+    m = _SPEC.match(spec.strip())
+    if not m:
+        raise SectionError(f"bad section {spec!r}")
+    numbers, text, names = m.groups()
+    path = [int(x) for x in numbers.split(".")] if numbers else []
+    try:
+        part = resolve_part(root, path) if path else root
+    except SectionError:
+        return b""  # a part that does not exist is empty (RFC 9051 §6.4.5)
+    text = (text or "").upper()
+    if text == "MIME":
+        if not path:
+            raise SectionError("MIME needs a part number")
+        return part.header_bytes()
+    if text:
+        msg = part.message if path else part
+        if msg is None:
+            raise SectionError("not a message/rfc822 part")
+        if text == "HEADER":
+            return msg.header_bytes()
+        if text == "TEXT":
+            return msg.body_bytes()
+        field_names = (names or "").replace('"', " ").split()
+        return _header_fields(msg, field_names, text.endswith(".NOT"))
+    if not path:
+        return root.raw()
+    return part.body_bytes()
+
+
+def fetch_binary(root: Part, path: list[int]) -> bytes:
+    """The decoded content of ``BINARY[path]`` (RFC 3516); ``[]`` is the whole message."""
+    if not path:
+        return root.raw()
+    part = resolve_part(root, path)
+    if part.is_multipart or part.message is not None:
+        return part.body_bytes()
+    return part.decoded()

@@ -1,0 +1,346 @@
+"""The MIME part tree of a stored message, with byte offsets (RFC 2045, 2046, 5322).
+
+:func:`parse` reads ``bytes`` or a memory-mapped blob (anything with the buffer
+protocol that ``re`` can search: ``bytes``, ``bytearray``, ``mmap.mmap``) and
+returns the root :class:`Part`. Only header blocks are copied; bodies are found
+with C-speed regular-expression searches for boundary lines, so time and memory
+grow with the number of parts and the size of their headers, not with the size
+of the message.
+
+Boundary rules (RFC 2046 §5.1.1) as mail servers apply them in practice:
+
+- a boundary line is ``--`` + boundary at the start of a line; what follows on
+  the line (``--`` for the close delimiter, transport padding, junk) is ignored;
+- the line break before a boundary line belongs to the boundary, not the part;
+- the boundary of every enclosing multipart ends the current part too, so a
+  missing close delimiter or a truncated nested multipart cannot swallow the
+  rest of the message; the innermost boundary wins when several match;
+- a header block ends at the first empty line, or at a boundary line, or at the
+  end of the part.
+
+Nothing here raises on malformed input: a multipart without a boundary is a
+leaf, nesting deeper than :data:`MAX_DEPTH` and parts beyond :data:`MAX_PARTS`
+are left unparsed as opaque bodies.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from .encodings import decode_transfer
+from .headers import MAX_HEADER_PARSE, Headers, split_fields
+from .params import join_rfc2231, parse_content_type, parse_token_value
+
+__all__ = ["MAX_DEPTH", "MAX_PARTS", "Part", "parse"]
+
+MAX_DEPTH = 100
+MAX_PARTS = 10_000
+_COUNT_CHUNK = 1 << 20
+
+Buffer = Any  # bytes | bytearray | mmap.mmap
+
+
+class Part:
+    """One MIME entity: header block ``[start, body_start)``, body ``[body_start, end)``.
+
+    ``children`` holds the body parts of a multipart; ``message`` the
+    encapsulated message of a message/rfc822 or message/global part.
+    """
+
+    __slots__ = (
+        "_lines",
+        "_params",
+        "body_start",
+        "buf",
+        "children",
+        "depth",
+        "end",
+        "explicit_type",
+        "header_truncated",
+        "headers",
+        "message",
+        "params_raw",
+        "start",
+        "subtype",
+        "subtype_raw",
+        "type",
+        "type_raw",
+    )
+
+    def __init__(self, buf: Buffer, start: int, depth: int):
+        self.buf = buf
+        self.start = start
+        self.body_start = start
+        self.end = start
+        self.depth = depth
+        self.headers = Headers([])
+        self.type = "text"
+        self.subtype = "plain"
+        self.type_raw = self.subtype_raw = ""  # as written, empty when defaulted
+        self.params_raw: list[tuple[str, bytes]] = []
+        self.explicit_type = False
+        self.children: list[Part] = []
+        self.message: Part | None = None
+        self._params: dict[str, str] | None = None
+        self._lines: int | None = None
+        self.header_truncated = False
+
+    def __repr__(self) -> str:
+        return (f"<Part {self.type}/{self.subtype} hdr={self.start}:{self.body_start} "
+                f"body={self.body_start}:{self.end} children={len(self.children)}"
+                f"{' message' if self.message else ''}>")
+
+    # --- sizes and octets ---------------------------------------------------------
+    @property
+    def header_size(self) -> int:
+        return self.body_start - self.start
+
+    @property
+    def body_size(self) -> int:
+        return self.end - self.body_start
+
+    def header_bytes(self) -> bytes:
+        return bytes(self.buf[self.start : self.body_start])
+
+    def body_bytes(self) -> bytes:
+        return bytes(self.buf[self.body_start : self.end])
+
+    def raw(self) -> bytes:
+        return bytes(self.buf[self.start : self.end])
+
+    @property
+    def lines(self) -> int:
+        """Number of lines of the body: its line feeds, as IMAP servers count them."""
+        if self._lines is None:
+            self._lines = count_lines(self.buf, self.body_start, self.end)
+        return self._lines
+
+    # --- content description ----------------------------------------------------------
+    @property
+    def content_type(self) -> str:
+        return f"{self.type}/{self.subtype}"
+
+    @property
+    def is_multipart(self) -> bool:
+        """True for every multipart/*; ``children`` is empty when it had no boundary."""
+        return self.type == "multipart"
+
+    @property
+    def params(self) -> dict[str, str]:
+        """Content-Type parameters, RFC 2231 continuations joined and decoded."""
+        if self._params is None:
+            self._params = join_rfc2231(self.params_raw)
+        return self._params
+
+    @property
+    def charset(self) -> str | None:
+        cs = self.params.get("charset")
+        if cs:
+            return cs.strip().lower()
+        return "us-ascii" if self.type == "text" else None
+
+    @property
+    def transfer_encoding(self) -> str:
+        v = self.headers.value("Content-Transfer-Encoding")
+        return v.strip().decode("latin-1").lower() if v and v.strip() else "7bit"
+
+    @property
+    def disposition(self) -> tuple[str, dict[str, str]] | None:
+        """Content-Disposition (RFC 2183): (type, decoded parameters)."""
+        v = parse_token_value(self.headers.value("Content-Disposition"))
+        if v is None:
+            return None
+        return v[0], join_rfc2231(v[1])
+
+    @property
+    def filename(self) -> str | None:
+        d = self.disposition
+        if d and d[1].get("filename"):
+            return d[1]["filename"]
+        return self.params.get("name")
+
+    def decoded(self) -> bytes:
+        """The body with its Content-Transfer-Encoding undone (RFC 2045 §6)."""
+        return decode_transfer(self.body_bytes(), self.transfer_encoding)
+
+    def walk(self) -> Iterator[Part]:
+        """This part and every part below it, encapsulated messages included."""
+        stack: list[Part] = [self]
+        while stack:
+            p = stack.pop()
+            yield p
+            if p.message is not None:
+                stack.append(p.message)
+            stack.extend(reversed(p.children))
+
+
+def count_lines(buf: Buffer, start: int, end: int) -> int:
+    if end <= start:
+        return 0
+    count = getattr(buf, "count", None)
+    if count is not None:
+        n = count(b"\n", start, end)
+    else:  # mmap has no count(): count in bounded chunks
+        mv = memoryview(buf)
+        n = 0
+        for a in range(start, end, _COUNT_CHUNK):
+            n += bytes(mv[a : min(end, a + _COUNT_CHUNK)]).count(b"\n")
+    return n
+
+
+# --- the parser ----------------------------------------------------------------------
+
+_BLANK_ONLY = re.compile(rb"\n(\r?\n)")
+_Patterns = tuple[re.Pattern[bytes], re.Pattern[bytes], re.Pattern[bytes]]
+_cache: dict[tuple[bytes, ...], _Patterns] = {}
+
+
+def _patterns(bounds: tuple[bytes, ...]) -> _Patterns:
+    """Header-end, boundary-line and anchored boundary patterns for a boundary stack."""
+    pats = _cache.get(bounds)
+    if pats is None:
+        alt = b"|".join(re.escape(b) for b in bounds)
+        hdr = re.compile(rb"\n(?:(\r?\n)|--(" + alt + rb"))")
+        bnd = re.compile(rb"\n--(" + alt + rb")")
+        at = re.compile(rb"--(" + alt + rb")")
+        if len(_cache) > 256:
+            _cache.clear()
+        pats = _cache[bounds] = (hdr, bnd, at)
+    return pats
+
+
+class _Stop:
+    """A boundary line that ends the current entity."""
+
+    __slots__ = ("close", "cut", "level", "line_end")
+
+    def __init__(self, cut: int, line_end: int, level: int, close: bool):
+        self.cut = cut  # where the entity before the boundary ends
+        self.line_end = line_end  # first octet after the boundary line
+        self.level = level  # 0 = innermost boundary of the stack
+        self.close = close
+
+
+class _Parser:
+    def __init__(self, buf: Buffer, limit: int, global_messages: bool):
+        self.buf = buf
+        self.limit = limit
+        self.parts = 0
+        self.nested = ("rfc822", "global") if global_messages else ("rfc822",)
+
+    def _stop(self, m: re.Match[bytes], bounds: tuple[bytes, ...], origin: int, group: int) -> _Stop:
+        buf = self.buf
+        nl = m.start()
+        cut = nl - 1 if nl > origin and buf[nl - 1] == 13 else nl
+        cut = max(cut, origin)
+        after = m.end()
+        close = buf[after : after + 2] == b"--"
+        eol = buf.find(b"\n", after, self.limit)
+        line_end = self.limit if eol < 0 else eol + 1
+        b = m.group(group)
+        return _Stop(cut, line_end, bounds.index(b), close)
+
+    def _find_boundary(self, bounds: tuple[bytes, ...], pos: int) -> _Stop | None:
+        if not bounds:
+            return None
+        rx = _patterns(bounds)[1]
+        origin = pos
+        if pos > 0 and self.buf[pos - 1] == 10:
+            pos -= 1
+        m = rx.search(self.buf, pos, self.limit)
+        return None if m is None else self._stop(m, bounds, origin, 1)
+
+    def entity(self, pos: int, bounds: tuple[bytes, ...], depth: int,
+               digest: bool = False) -> tuple[Part, _Stop | None]:
+        buf, limit = self.buf, self.limit
+        self.parts += 1
+        part = Part(buf, pos, depth)
+        if digest:  # RFC 2046 §5.1.5
+            part.type, part.subtype = "message", "rfc822"
+        # -- the header block
+        stop: _Stop | None = None
+        if pos == 0 and buf[:1] == b"\n":
+            hdr_end, body_start = 0, 1
+        elif pos == 0 and buf[:2] == b"\r\n":
+            hdr_end, body_start = 0, 2
+        else:
+            rx = _patterns(bounds)[0] if bounds else _BLANK_ONLY
+            origin = pos
+            start = pos - 1 if pos > 0 and buf[pos - 1] == 10 else pos
+            m = rx.search(buf, start, limit)
+            if m is None:
+                hdr_end = body_start = limit
+            elif m.group(1) is None:
+                stop = self._stop(m, bounds, origin, 2)
+                hdr_end = body_start = stop.cut
+            else:
+                hdr_end, body_start = max(m.start() + 1, pos), m.end()
+        part.body_start = body_start
+        parse_end = min(hdr_end, pos + MAX_HEADER_PARSE)
+        part.header_truncated = parse_end < hdr_end
+        part.headers = Headers(split_fields(bytes(buf[pos:parse_end]), pos))
+        ct = parse_content_type(part.headers.value("Content-Type"))
+        if ct is not None:
+            part.type_raw, part.subtype_raw, part.params_raw = ct
+            part.type, part.subtype = part.type_raw.lower(), part.subtype_raw.lower()
+            part.explicit_type = True
+        if stop is not None:
+            part.end = stop.cut
+            return part, stop
+        # -- the body
+        can_nest = depth < MAX_DEPTH and self.parts < MAX_PARTS
+        boundary = None
+        if part.type == "multipart":
+            boundary = next((v for n, v in part.params_raw if n.lower() == "boundary"), None)
+        if bounds and body_start > hdr_end:
+            stack = (boundary,) + bounds if boundary else bounds
+            m = _patterns(stack)[2].match(buf, body_start, limit)
+            if m and (not boundary or stack.index(m.group(1)) > 0):
+                # An enclosing boundary right after the blank line: that line break
+                # belongs to the boundary, so the header block has no blank line.
+                part.body_start = part.end = hdr_end
+                return part, self._find_boundary(bounds, body_start)
+        if boundary and can_nest:
+            stop = self.multipart(part, boundary, bounds, depth)
+        elif part.type == "message" and part.subtype in self.nested and can_nest:
+            inner, stop = self.entity(body_start, bounds, depth + 1)
+            part.message = inner
+            part.end = inner.end
+        else:
+            stop = self._find_boundary(bounds, body_start)
+            part.end = limit if stop is None else stop.cut
+        return part, stop
+
+    def multipart(self, part: Part, boundary: bytes, bounds: tuple[bytes, ...],
+                  depth: int) -> _Stop | None:
+        inner = (boundary,) + bounds
+        digest = part.subtype == "digest"
+        stop = self._find_boundary(inner, part.body_start)
+        while stop is not None and stop.level == 0 and not stop.close:
+            if self.parts >= MAX_PARTS:
+                # too many parts: the rest of this multipart is left unparsed
+                stop = self._find_boundary(bounds, stop.line_end)
+                break
+            child, stop = self.entity(stop.line_end, inner, depth + 1, digest)
+            part.children.append(child)
+        else:
+            if stop is not None and stop.level == 0:  # close delimiter: skip the epilogue
+                stop = self._find_boundary(bounds, stop.line_end)
+            elif stop is not None:
+                stop.level -= 1
+        part.end = self.limit if stop is None else stop.cut
+        return stop
+
+
+def parse(buf: Buffer, start: int = 0, end: int | None = None, *,
+          global_messages: bool = True) -> Part:
+    """Parse the message in ``buf[start:end]`` into its part tree. Never raises on content.
+
+    ``global_messages``: parse message/global as an encapsulated message (RFC 6532
+    §3.5); False treats it as an opaque body, as Dovecot 2.3 does.
+    """
+    limit = len(buf) if end is None else min(end, len(buf))
+    root, _ = _Parser(buf, limit, global_messages).entity(start, (), 0)
+    return root
