@@ -261,8 +261,10 @@ async def _worker_main(
 
     async def enqueue(blob_id: str, writer: BlobWriter, envelope: Envelope) -> None:
         try:
-            writer.finish()
-            await client.enqueue(blob_id, writer.path, writer.size, envelope)
+            small = writer.take_small()
+            if small is None:
+                writer.finish()
+            await client.enqueue(blob_id, writer.path, writer.size, envelope, small)
         except (OSError, StorageFull, QueueRefused):
             writer.discard()  # certainly not committed
             raise

@@ -9,6 +9,9 @@ leaves either both or neither: a message is in each mailbox exactly once.
 The unique ``delivery`` key (queue id, recipient, account) guards this a
 second time.
 
+Two recipients of one message that lead to the same account (an alias and
+the account itself) give one copy, as Postfix's duplicate filter does.
+
 Every outcome is permanent or transient (STYLE.md rule 5): a recipient that
 no longer resolves is a permanent failure; a database error is transient and
 the whole entry is retried later.
@@ -48,16 +51,17 @@ def deliver_batch(
     now = time.time()
     for queue_id in queue_ids:
         entry = conn.execute(
-            "SELECT reverse_path, size FROM queue WHERE id = ?", (queue_id,)
+            "SELECT reverse_path, size, arrived FROM queue WHERE id = ?", (queue_id,)
         ).fetchone()
         if entry is None:
             continue  # deleted meanwhile (queue delete)
-        reverse_path, size = entry
+        reverse_path, size, arrived = entry
         pending = conn.execute(
             "SELECT idx, address FROM recipients WHERE queue_id = ? AND status = 'pending'",
             (queue_id,),
         ).fetchall()
         new_refs = 0
+        reached: set[int] = set()  # one copy per mailbox, however many recipients lead there
         for idx, address in pending:
             local, domain = split_address(address)
             resolution = resolve(directory, local, domain, delimiters)
@@ -71,6 +75,9 @@ def deliver_batch(
                 continue
             prefix = _prefix(reverse_path, address)
             for account in resolution.accounts:
+                if account.id in reached:
+                    continue
+                reached.add(account.id)
                 mailbox_id = inbox_cache.get(account.id)
                 if mailbox_id is None:
                     row = conn.execute(
@@ -97,7 +104,10 @@ def deliver_batch(
                 )
                 if cur.rowcount:
                     new_refs += 1
-                    delivered.append(Delivered(queue_id, address, account.address, "INBOX", uid))
+                    delivered.append(Delivered(
+                        queue_id, reverse_path, address, account.address, "INBOX", uid,
+                        size + len(prefix), now - arrived,
+                    ))
             conn.execute(
                 "UPDATE recipients SET status = 'delivered', last_reply = '250 2.0.0 delivered'"
                 " WHERE queue_id = ? AND idx = ?",

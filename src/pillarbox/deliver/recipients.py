@@ -92,3 +92,36 @@ def _expand(directory: Directory, key: str, depth: int, seen: set[str]) -> list[
     if account is not None:
         return [account]
     return None
+
+
+def cached(directory: Directory, ttl: float = 1.0, max_entries: int = 10000) -> Directory:
+    """The same lookups, remembered for ``ttl`` seconds (positive and negative).
+
+    RCPT checks run for every recipient of every session; a worker answers
+    most of them from memory.  A change made with the CLI is seen within
+    ``ttl`` seconds.  Delivery does not use this: it resolves afresh, inside
+    its transaction.
+    """
+    import time
+
+    def remember(lookup: Callable[[str], object]) -> Callable[[str], object]:
+        memory: dict[str, tuple[float, object]] = {}
+
+        def cached_lookup(key: str) -> object:
+            now = time.monotonic()
+            hit = memory.get(key)
+            if hit is not None and hit[0] > now:
+                return hit[1]
+            value = lookup(key)
+            if len(memory) >= max_entries:
+                memory.clear()
+            memory[key] = (now + ttl, value)
+            return value
+
+        return cached_lookup
+
+    return Directory(
+        remember(directory.is_local_domain),  # type: ignore[arg-type]
+        remember(directory.find_account),  # type: ignore[arg-type]
+        remember(directory.alias_targets),  # type: ignore[arg-type]
+    )

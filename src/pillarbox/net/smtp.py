@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pillarbox.log import log_event
 from pillarbox.net.limits import ConnectionLimiter
 from pillarbox.protocols.smtp import events as ev
-from pillarbox.protocols.smtp.reply import TIMEOUT, TOO_MANY_CONNECTIONS, Reply
+from pillarbox.protocols.smtp.reply import TIMEOUT, TOO_MANY_CONNECTIONS
 from pillarbox.protocols.smtp.server import Limits, SMTPServerConnection
 from pillarbox.receive.session import ReceiverContext, Session
 
@@ -51,6 +51,7 @@ class SMTPProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._last = 0.0
         self._loop = asyncio.get_running_loop()
+        self._started = self._loop.time()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -85,8 +86,10 @@ class SMTPProtocol(asyncio.Protocol):
         if self.session is not None:
             self.session.discard()
             log_event(
-                log, "disconnect", client=self.peer, messages=self.session.messages,
-                errors=self.core.errors if self.core else 0, level=logging.DEBUG,
+                log, "disconnect", client=self.peer, helo=self.core.helo_name if self.core else None,
+                messages=self.session.messages, errors=self.core.errors if self.core else 0,
+                tls=self.session.tls[0] if self.session.tls else None,
+                seconds=round(self._loop.time() - self._started, 3),
             )
         if self._counted and self.cfg.limiter is not None:
             self.cfg.limiter.release(self.peer)
@@ -226,7 +229,3 @@ class SMTPProtocol(asyncio.Protocol):
         self.transport.write(core.data_to_send())
         self.transport.close()
 
-
-def closing_reply(core: SMTPServerConnection, reply: Reply) -> bytes:
-    core.close(reply)
-    return core.data_to_send()

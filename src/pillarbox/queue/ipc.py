@@ -9,9 +9,10 @@ Only then does the worker say ``250``.  This is Postfix's smtpd → cleanup →
 qmgr hand-over in one step, and it keeps SQLite's single write lock inside
 one process, where it is never fought over (docs/architecture.md).
 
-Framing: a 4-byte big-endian length, then a JSON object.  Requests carry an
-``id`` that the answer repeats, so a worker can have many requests in flight
-on one connection.
+Framing: two 4-byte big-endian lengths, a JSON object, then that many bytes
+of payload (a small message travels whole, so that no worker blocks on
+creating its file).  Requests carry an ``id`` that the answer repeats, so a
+worker can have many requests in flight on one connection.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 
 from pillarbox.store.base import Envelope, EnvelopeRecipient, StorageFull
 
-_HEADER = struct.Struct(">I")
+_HEADER = struct.Struct(">II")
 MAX_FRAME = 16 * 1024 * 1024
 
 
@@ -42,20 +43,24 @@ class QueueRefused(QueueUnavailable):
     """The queue manager answered that it did not commit the message."""
 
 
-def encode(obj: dict[str, Any]) -> bytes:
+def encode(obj: dict[str, Any], payload: bytes = b"") -> bytes:
     data = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
-    return _HEADER.pack(len(data)) + data
+    return _HEADER.pack(len(data), len(payload)) + data + payload
 
 
 async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any] | None:
+    """The next frame; its payload, if any, under the key ``payload``."""
     try:
-        header = await reader.readexactly(4)
+        header = await reader.readexactly(_HEADER.size)
     except asyncio.IncompleteReadError:
         return None
-    (length,) = _HEADER.unpack(header)
-    if length > MAX_FRAME:
-        raise ValueError(f"frame of {length} bytes")
-    return json.loads(await reader.readexactly(length))  # type: ignore[no-any-return]
+    length, payload_length = _HEADER.unpack(header)
+    if length > MAX_FRAME or payload_length > MAX_FRAME:
+        raise ValueError(f"frame of {length}+{payload_length} bytes")
+    frame: dict[str, Any] = json.loads(await reader.readexactly(length))
+    if payload_length:
+        frame["payload"] = await reader.readexactly(payload_length)
+    return frame
 
 
 def envelope_to_json(envelope: Envelope) -> dict[str, Any]:
@@ -119,7 +124,11 @@ class QueueClient:
                     future.set_exception(QueueUnavailable("queue manager connection lost"))
             self._pending.clear()
 
-    async def enqueue(self, blob_id: str, path: Path, size: int, envelope: Envelope) -> None:
+    async def enqueue(
+        self, blob_id: str, path: Path, size: int, envelope: Envelope,
+        payload: bytes | None = None,
+    ) -> None:
+        """Hand a message over; ``payload`` is its whole blob when no file was written."""
         writer = await self._connect()
         self._next += 1
         request_id = self._next
@@ -129,7 +138,8 @@ class QueueClient:
             encode({
                 "id": request_id, "op": "enqueue", "blob": blob_id, "path": str(path),
                 "size": size, "envelope": envelope_to_json(envelope),
-            })
+                "inline": payload is not None,
+            }, payload or b"")
         )
         answer = await asyncio.shield(future)
         if answer.get("ok"):

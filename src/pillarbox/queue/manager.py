@@ -31,7 +31,7 @@ from typing import Any
 from pillarbox.deliver.local import deliver_batch
 from pillarbox.log import log_event
 from pillarbox.queue.ipc import envelope_from_json, serve_requests
-from pillarbox.store.blobs import sync_file
+from pillarbox.store.blobs import sync_file, write_new
 from pillarbox.store.sqlite.store import SQLiteStore, is_full
 
 BATCH = 500
@@ -70,10 +70,14 @@ class QueueManager:
             return {"ok": False, "error": "blob path outside the store"}
         size = int(frame["size"])
         envelope = envelope_from_json(frame["envelope"])
+        payload: bytes | None = frame.get("payload", b"") if frame.get("inline") else None
+        if payload is not None and len(payload) != size:
+            return {"ok": False, "error": "payload size mismatch"}
         lease = time.time() + LEASE_SECONDS
         future = self.store.committer.submit(
             lambda conn: self.store.insert_entry(conn, blob_id, size, envelope, lease),
-            prepare=lambda: sync_file(path),
+            prepare=(lambda: sync_file(path)) if payload is None else (
+                lambda: write_new(path, payload)),
             dirs=(path.parent,),
         )
         try:
@@ -145,8 +149,9 @@ class QueueManager:
             return
         for d in delivered:
             log_event(
-                log, "delivered", queue_id=d.queue_id, to=d.recipient, account=d.account,
-                mailbox=d.mailbox, uid=d.uid, status="sent",
+                log, "delivered", queue_id=d.queue_id, from_=f"<{d.sender}>", to=d.recipient,
+                account=d.account, mailbox=d.mailbox, uid=d.uid, size=d.size,
+                delay=round(d.delay, 3), status="sent",
             )
         for f in failures:
             log_event(

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from email.utils import format_datetime
 from datetime import datetime, timezone
 
-from pillarbox.deliver.recipients import Verdict, resolve
+from pillarbox.deliver.recipients import Directory, Verdict, cached, resolve
 from pillarbox.log import log_event
 from pillarbox.protocols.smtp import events as ev
 from pillarbox.protocols.smtp.address import Mailbox
@@ -51,6 +51,13 @@ class ReceiverContext:
     enqueue: Callable[[str, BlobWriter, Envelope], Awaitable[None]] | None = None
     _space_checked: float = 0.0
     _space_ok: bool = True
+    _directory: Directory | None = None
+
+    @property
+    def directory(self) -> Directory:
+        if self._directory is None:
+            self._directory = cached(self.store.directory())
+        return self._directory
 
     def spool_has_room(self) -> bool:
         """Free space on the spool's file system, checked at most once a second."""
@@ -130,8 +137,8 @@ class Session:
             domain = path.ascii_domain
         except Exception:  # noqa: BLE001 - an unconvertible domain is not ours
             return Verdict.REMOTE
-        directory = self.ctx.store.directory()
-        return resolve(directory, path.local_part, domain, self.ctx.recipient_delimiter).verdict
+        return resolve(self.ctx.directory, path.local_part, domain,
+                       self.ctx.recipient_delimiter).verdict
 
     # ------------------------------------------------------------- content
 
@@ -155,12 +162,14 @@ class Session:
             self._spool_failed(exc)
 
     def _spool_failed(self, exc: OSError) -> None:
-        log_event(log, "spool error", client=self.client_address, error=str(exc),
+        full = _is_enospc(exc)
+        log_event(log, "spool error", client=self.client_address,
+                  reason="storage full" if full else "write failed", error=str(exc),
                   level=logging.ERROR)
         if self.tx is not None and self.tx.writer is not None:
             self.tx.writer.discard()
             self.tx.writer = None
-        self.core.abort_message(INSUFFICIENT_STORAGE if _is_enospc(exc) else LOCAL_ERROR)
+        self.core.abort_message(INSUFFICIENT_STORAGE if full else LOCAL_ERROR)
 
     async def message_end(self, event: ev.MessageEnd) -> Reply:
         tx, self.tx = self.tx, None

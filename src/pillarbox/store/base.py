@@ -103,10 +103,13 @@ class Delivered:
     """One local delivery: the account and the UID the message got."""
 
     queue_id: str
+    sender: str
     recipient: str
     account: str
     mailbox: str
     uid: int
+    size: int
+    delay: float                 # seconds from arrival to delivery
 
 
 class Store(Protocol):

@@ -64,41 +64,61 @@ class BlobStore:
 
 
 class BlobWriter:
-    """Streams one message into its blob with a bounded write buffer.
+    """Streams one message into its blob through a bounded write buffer.
+
+    Nothing touches the disk until the buffer first fills (64 KiB), so a small
+    message costs no file creation in the event loop: ``take_small()`` hands
+    its bytes to whoever makes it durable (the queue manager writes, fsyncs
+    and commits it in its own threads).  A larger message is streamed into
+    its file as it arrives, never held whole in memory.
 
     ``write()`` may raise ``OSError`` (ENOSPC, EDQUOT …); the session turns
     that into 452 4.3.1.  ``sync()`` makes the data durable: fsync of the
-    file, then of its directory (the durability contract of DESIGN.md), and
-    runs in the group-commit thread, not in the event loop.
+    file (its directory is synced once per group commit, see ``sync_dirs``).
     """
 
-    __slots__ = ("path", "_fd", "_buf", "size", "closed")
+    __slots__ = ("path", "_fd", "_buf", "_buffered", "size", "closed")
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+        self._fd: int | None = None
         self._buf: list[bytes] = []
+        self._buffered = 0
         self.size = 0
         self.closed = False
 
     def write(self, data: bytes) -> None:
         self._buf.append(data)
+        self._buffered += len(data)
         self.size += len(data)
-        if sum(map(len, self._buf)) >= _BUFFER:
+        if self._buffered >= _BUFFER:
             self.flush()
 
     def flush(self) -> None:
+        if self._fd is None:
+            self._fd = os.open(
+                self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640
+            )
         if self._buf:
             data = b"".join(self._buf)
             self._buf.clear()
-            view = memoryview(data)
-            while view:
-                n = os.write(self._fd, view)
-                view = view[n:]
+            self._buffered = 0
+            _write_all(self._fd, data)
+
+    def take_small(self) -> bytes | None:
+        """The whole message if it never left the buffer (no file exists), else None."""
+        if self._fd is not None:
+            return None
+        data = b"".join(self._buf)
+        self._buf.clear()
+        self._buffered = 0
+        self.closed = True
+        return data
 
     def sync(self) -> None:
-        """Flush, fsync and close the file (not its directory: see ``sync_dirs``)."""
+        """Flush, fsync and close the file."""
         self.flush()
+        assert self._fd is not None
         os.fsync(self._fd)
         os.close(self._fd)
         self.closed = True
@@ -106,10 +126,15 @@ class BlobWriter:
     def finish(self) -> None:
         """Flush and close without fsync: another process makes it durable."""
         self.flush()
+        assert self._fd is not None
         os.close(self._fd)
         self.closed = True
 
     def discard(self) -> None:
+        self._buf.clear()
+        if self._fd is None:
+            self.closed = True
+            return
         if not self.closed:
             self.closed = True
             try:
@@ -120,6 +145,26 @@ class BlobWriter:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def write_new(path: Path, data: bytes) -> None:
+    """Create ``path`` with ``data`` and fsync it: a small blob handed over whole."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    os.close(fd)
 
 
 def sync_file(path: Path) -> None:

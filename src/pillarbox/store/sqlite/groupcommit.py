@@ -23,6 +23,7 @@ from typing import Any
 from pillarbox.store.blobs import sync_dirs
 
 _MAX_BATCH = 512
+_SYNC_THREADS = 8
 
 
 @dataclass(slots=True)
@@ -39,6 +40,7 @@ class GroupCommitter:
     def __init__(self, connect: Callable[[], sqlite3.Connection], name: str = "group-commit"):
         self._connect = connect
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._pool = concurrent.futures.ThreadPoolExecutor(_SYNC_THREADS, f"{name}-sync")
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._thread.start()
         self.batches = 0
@@ -58,6 +60,7 @@ class GroupCommitter:
     def close(self) -> None:
         self._jobs.put(None)
         self._thread.join(timeout=30)
+        self._pool.shutdown(wait=False)
 
     def _main(self) -> None:
         conn = self._connect()
@@ -79,19 +82,30 @@ class GroupCommitter:
             self._commit(conn, batch)
         conn.close()
 
+    def _prepare(self, job: Job) -> BaseException | None:
+        try:
+            if job.prepare is not None:
+                job.prepare()
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting session
+            return exc
+        return None
+
     def _commit(self, conn: sqlite3.Connection, batch: list[Job]) -> None:
         ready: list[Job] = []
         dirs: set[Path] = set()
-        for job in batch:
-            if not job.future.set_running_or_notify_cancel():
-                continue  # the submitter gave up before the job started
-            try:
-                if job.prepare is not None:
-                    job.prepare()
+        batch = [job for job in batch if job.future.set_running_or_notify_cancel()]
+        # fsyncs of a batch run side by side: the file system folds them into
+        # few journal commits, so a batch costs little more than one.
+        if sum(job.prepare is not None for job in batch) > 1:
+            errors = list(self._pool.map(self._prepare, batch))
+        else:
+            errors = [self._prepare(job) for job in batch]
+        for job, error in zip(batch, errors):
+            if error is None:
                 dirs.update(job.dirs)
                 ready.append(job)
-            except BaseException as exc:  # noqa: BLE001 - handed to the waiting session
-                job.future.set_exception(exc)
+            else:
+                job.future.set_exception(error)
         results: list[tuple[Job, Any, BaseException | None]] = []
         try:
             sync_dirs(dirs)
