@@ -120,7 +120,7 @@ def serve(config: Config, *, dev_mode: bool = False) -> int:
     limiter = ConnectionLimiter(
         config.smtp.max_connections, config.smtp.max_connections_per_ip, workers
     )
-    _drop_privileges(config.server.user)
+    _drop_privileges(config.server.user, config.server.data_dir)
     _announce(config, listeners, password, workers)
     del tls
 
@@ -326,12 +326,40 @@ async def _worker_main(
     return 0
 
 
-def _drop_privileges(user: str) -> None:
+def _preload() -> None:
+    """Import what the children use while we may still read every file.
+
+    After dropping privileges, an interpreter installed in a private place
+    (a root-only pyenv) could no longer import lazily.
+    """
+    import concurrent.futures.thread  # noqa: F401
+    import pillarbox.net.smtp  # noqa: F401
+    import pillarbox.queue.ipc  # noqa: F401
+    import pillarbox.queue.manager  # noqa: F401
+    import pillarbox.receive.session  # noqa: F401
+
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        pass
+
+
+def _drop_privileges(user: str, data_dir: Path) -> None:
+    """Started as root: hand the data directory to ``user``, then become it."""
     if not user or os.geteuid() != 0:
         return
     import pwd
 
-    entry = pwd.getpwnam(user)
+    _preload()
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise SystemExit(f"pillarbox: error: server.user: no such user {user!r}") from None
+    for top, dirs, files in os.walk(data_dir):
+        for name in [top, *(os.path.join(top, n) for n in dirs + files)]:
+            st = os.lstat(name)
+            if st.st_uid != entry.pw_uid:
+                os.lchown(name, entry.pw_uid, entry.pw_gid)
     os.setgroups([])
     os.setgid(entry.pw_gid)
     os.setuid(entry.pw_uid)
