@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from pillarbox.store.blobs import shard
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -129,7 +131,7 @@ class Server:
         )
         out = []
         for prefix, blob in rows:
-            path = self.data_dir / "blobs" / blob[-2:] / blob
+            path = self.data_dir / "blobs" / shard(blob) / blob
             out.append(bytes(prefix) + path.read_bytes())
         return out
 

@@ -550,7 +550,7 @@ def test_queue_show(queued: tuple[Pbx, list[str]]) -> None:
         "  0  <alice@example.com>  pending  NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;alice@example.com"
     ) in out
     assert "  1  <bob@example.com>  pending" in out
-    assert str(pbx.folder / "pillarbox-data" / "blobs" / ids[0][-2:] / ids[0]) in out
+    assert str(pbx.folder / "pillarbox-data" / "blobs" / ids[0][4:6] / ids[0]) in out
     assert "  Subject: Quarterly figures" in out
     assert "  \tby localhost with ESMTP" in out
     assert "body is not shown" not in out
