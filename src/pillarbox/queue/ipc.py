@@ -182,6 +182,8 @@ async def serve_requests(path: Path, handler: Handler) -> asyncio.AbstractServer
                 task.add_done_callback(tasks.discard)
         except (OSError, ValueError, json.JSONDecodeError):
             pass
+        except asyncio.CancelledError:
+            return  # shutting down: the worker sees the connection close
         finally:
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)

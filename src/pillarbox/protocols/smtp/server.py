@@ -151,7 +151,7 @@ class SMTPServerConnection:
         self._carry_cr = False      # content so far ends in CR
         self._line_len = 0          # length of the current partial text line
         self._in_headers = True
-        self._hdr_tail = b""
+        self._hdr_tail = b"\r\n"
         self._received = 0
         self._bdat_left = 0
         self._bdat_last = False
@@ -261,7 +261,7 @@ class SMTPServerConnection:
         self._carry_cr = False
         self._line_len = 0
         self._in_headers = True
-        self._hdr_tail = b""
+        self._hdr_tail = b"\r\n"
         self._received = 0
         self._bdat_left = 0
         self._bdat_last = False
@@ -389,11 +389,14 @@ class SMTPServerConnection:
         self._pending = event
         return event
 
-    def _data(self, arg: str) -> ev.Event:
+    def _data(self, arg: str) -> ev.Event | None:
         if arg:
             raise RemoteProtocolError(Reply(501, "5.5.4", "DATA takes no arguments"))
         if self.state is not S.RCPT:
-            raise RemoteProtocolError(Reply(554, "5.5.1", "No valid recipients"))
+            # Every RCPT was refused; a pipelining client sends DATA anyway
+            # (RFC 2920 3.1), so this is an answer, not another error.
+            self._send(NO_VALID_RECIPIENTS)
+            return None
         self.state = S.DATA
         self._send(Reply(354, "", "End data with <CR><LF>.<CR><LF>"))
         return ev.MessageStart()
@@ -403,7 +406,7 @@ class SMTPServerConnection:
         if (
             not parts
             or len(parts) > 2
-            or not parts[0].isdigit()
+            or not (parts[0].isascii() and parts[0].isdigit())
             or len(parts[0]) > 18
             or (len(parts) == 2 and parts[1].upper() != "LAST")
         ):
@@ -420,7 +423,7 @@ class SMTPServerConnection:
             if not self.esmtp:
                 self._bdat_failed = Reply(503, "5.5.1", "BDAT needs EHLO (RFC 3030)")
             elif self.state is S.MAIL:
-                self._bdat_failed = Reply(554, "5.5.1", "No valid recipients")
+                self._bdat_failed = NO_VALID_RECIPIENTS
             else:
                 self._bdat_failed = Reply(503, "5.5.1", "Bad sequence: need MAIL and RCPT")
             self._resume_state = self.state
@@ -562,6 +565,9 @@ class SMTPServerConnection:
             if self.state is S.BDAT_WAIT:
                 self.state = S.READY
                 self._reset_transaction()
+            if reply is NO_VALID_RECIPIENTS:
+                self._send(reply)  # as for DATA: an answer, not another error
+                return None
             return self._violation("BDAT", reply)
         if self._bdat_last:
             self.state = S.READY
@@ -622,24 +628,34 @@ class SMTPServerConnection:
         return ev.MessageData(data)
 
     def _scan_headers(self, data: bytes) -> None:
-        """Count Received: fields in the header section (RFC 5321 6.3 loop check)."""
+        """Count Received: fields in the header section (RFC 5321 6.3 loop check).
+
+        ``_hdr_tail`` always starts with a CRLF (a virtual one before the first
+        line), so a field name and the blank line that ends the section are
+        found whatever the pieces the content arrives in.
+        """
         text = self._hdr_tail + data
         end = text.find(b"\r\n\r\n")
-        if text.startswith(b"\r\n") and not self._hdr_tail and self._size == len(data):
-            end = -2  # empty header section
-        if end >= 0 or end == -2:
-            region = text[: max(end, 0) + 2]
+        if end >= 0:
+            region = text[: end + 2]
             self._in_headers = False
-            self._hdr_tail = b""
+            self._hdr_tail = b"\r\n"
         else:
             cut = text.rfind(b"\r\n")
-            region = text[: cut + 2] if cut >= 0 else b""
-            self._hdr_tail = text[cut + 2 :][-1024:] if cut >= 0 else text[-1024:]
+            region = text[:cut]
+            tail = text[cut:]
+            if len(tail) > 1024:
+                # A very long field: what matters is its start (the name) and
+                # its last bytes (a CRLF CRLF may complete across the cut).
+                tail = tail[:16] + tail[-3:]
+            self._hdr_tail = tail
         if region:
-            self._received += (b"\r\n" + region).lower().count(b"\r\nreceived:")
+            self._received += region.lower().count(b"\r\nreceived:")
             if self._received > self.limits.max_received_headers:
                 self._content_error = MAIL_LOOP
 
+
+NO_VALID_RECIPIENTS = Reply(554, "5.5.1", "No valid recipients")
 
 BARE_LINE_ENDING_DATA = Reply(
     550,
