@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pillarbox.store.blobs import shard
+from pillarbox.store.sqlite.store import SQLiteStore
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -130,9 +130,12 @@ class Server:
             (address,),
         )
         out = []
-        for prefix, blob in rows:
-            path = self.data_dir / "blobs" / shard(blob) / blob
-            out.append(bytes(prefix) + path.read_bytes())
+        store = SQLiteStore(self.data_dir)
+        try:
+            for prefix, blob in rows:
+                out.append(bytes(prefix) + store.read_blob(blob))
+        finally:
+            store.close()
         return out
 
 

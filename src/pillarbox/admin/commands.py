@@ -284,15 +284,20 @@ def queue_show(store: SQLiteStore, queue_id: str) -> QueueEntry:
 
 
 def message_head(store: SQLiteStore, blob_id: str) -> tuple[Path, list[str] | None]:
-    """The blob's path and its header section (bounded), or None when the file is gone.
+    """The blob's file and its header section (bounded), or None when the file is gone.
+
+    A small message shares a segment file with others of its group commit:
+    the file shown is the segment, and the head is read at the blob's offset.
 
     Lines are decoded as UTF-8 with replacement: headers may be 8-bit
     (RFC 6532) or broken, and a person reading them wants to see them anyway.
     """
-    path = store.blobs.path(blob_id)
+    location = store.blob_location(blob_id)
+    path, offset, size = location or (store.blobs.path(blob_id), 0, HEAD_MAX_BYTES)
     try:
         with open(path, "rb") as f:
-            data = f.read(HEAD_MAX_BYTES)
+            f.seek(offset)
+            data = f.read(min(size, HEAD_MAX_BYTES))
     except FileNotFoundError:
         return path, None
     lines: list[str] = []

@@ -3,8 +3,9 @@
 Two paths lead to delivery:
 
 - **Fresh mail.**  Workers hand envelopes over through ``pillarbox.queue.ipc``.
-  Each one becomes a group-commit job (fsync of the blob, rows of the entry);
-  once committed, its id joins the next delivery batch, which the same
+  What arrives while one intake job commits forms the next job: its small
+  messages written into one segment file and fsync'd once, its rows inserted;
+  once committed, the ids join the next delivery batch, which the same
   committer thread runs in a following transaction.  Under load, one
   transaction carries new entries and the delivery of the previous ones, so a
   message costs a share of two commits and no polling.
@@ -22,16 +23,20 @@ defer an entry with exponential back-off; after ``MAX_LIFETIME`` it is held.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
+import sqlite3
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pillarbox.deliver.local import deliver_batch
 from pillarbox.log import log_event
 from pillarbox.queue.ipc import envelope_from_json, serve_requests
-from pillarbox.store.blobs import sync_file, write_new
+from pillarbox.store.base import Envelope
+from pillarbox.store.blobs import new_id, segment_separator, sync_file, write_segment
 from pillarbox.store.sqlite.store import SQLiteStore, is_full
 
 BATCH = 500
@@ -44,6 +49,18 @@ MAX_LIFETIME = 5 * 86400.0
 log = logging.getLogger("pillarbox.queue")
 
 
+@dataclass(slots=True)
+class Arrival:
+    """A message handed over by a worker, waiting for its commit."""
+
+    blob_id: str
+    path: Path
+    size: int
+    envelope: Envelope
+    payload: bytes | None          # the whole blob, when the worker wrote no file
+    done: asyncio.Future[None]
+
+
 def socket_path(store: SQLiteStore) -> Path:
     return store.run_dir / "queue.sock"
 
@@ -54,6 +71,8 @@ class QueueManager:
         self.delimiters = delimiters
         self.batch = batch
         self._fresh: list[str] = []
+        self._intake: list[Arrival] = []
+        self._intake_busy = False
         self._kick = asyncio.Event()
         self._stopping = False
         self._server: asyncio.AbstractServer | None = None
@@ -69,19 +88,17 @@ class QueueManager:
         if path != self.store.blobs.path(blob_id):
             return {"ok": False, "error": "blob path outside the store"}
         size = int(frame["size"])
-        envelope = envelope_from_json(frame["envelope"])
         payload: bytes | None = frame.get("payload", b"") if frame.get("inline") else None
         if payload is not None and len(payload) != size:
             return {"ok": False, "error": "payload size mismatch"}
-        lease = time.time() + LEASE_SECONDS
-        future = self.store.committer.submit(
-            lambda conn: self.store.insert_entry(conn, blob_id, size, envelope, lease),
-            prepare=(lambda: sync_file(path)) if payload is None else (
-                lambda: write_new(path, payload)),
-            dirs=(path.parent,),
+        arrival = Arrival(
+            blob_id, path, size, envelope_from_json(frame["envelope"]), payload,
+            asyncio.get_running_loop().create_future(),
         )
+        self._intake.append(arrival)
+        self._take_in()
         try:
-            await asyncio.wrap_future(future)
+            await arrival.done
         except Exception as exc:  # noqa: BLE001 - reported to the worker
             log_event(log, "enqueue failed", queue_id=blob_id, error=repr(exc),
                       level=logging.ERROR)
@@ -89,6 +106,83 @@ class QueueManager:
         self._fresh.append(blob_id)
         self._kick.set()
         return {"ok": True}
+
+    def _take_in(self) -> None:
+        """Hand what has arrived to the committer as one job, one at a time.
+
+        While a job is being committed, new arrivals wait here and form the
+        next one: the batch grows with the load.  The small messages of a job
+        are written into one segment file, so a batch costs one file
+        creation and one fsync, not one per message.
+        """
+        if self._intake_busy or not self._intake:
+            return
+        batch, self._intake = self._intake, []
+        self._intake_busy = True
+        loop = asyncio.get_running_loop()
+        segment_id = new_id()
+        segment_path = self.store.blobs.path(segment_id)
+        parts: list[bytes] = []
+        places: list[tuple[str, int] | None] = []
+        offset = 0
+        for arrival in batch:
+            if arrival.payload is None:
+                places.append(None)
+                continue
+            separator = segment_separator(arrival.blob_id, arrival.size)
+            offset += len(separator)
+            places.append((segment_id, offset))
+            parts += (separator, arrival.payload)
+            offset += arrival.size
+        dirs = {a.path.parent for a in batch if a.payload is None}
+        if parts:
+            dirs.add(segment_path.parent)
+
+        def prepare() -> None:
+            if parts:
+                write_segment(segment_path, parts)
+            for arrival in batch:
+                if arrival.payload is None:
+                    sync_file(arrival.path)
+
+        def run(conn: sqlite3.Connection) -> list[BaseException | None]:
+            outcome: list[BaseException | None] = []
+            for arrival, place in zip(batch, places):
+                conn.execute("SAVEPOINT arrival")
+                try:
+                    self.store.insert_entry(
+                        conn, arrival.blob_id, arrival.size, arrival.envelope,
+                        time.time() + LEASE_SECONDS, place,
+                    )
+                except sqlite3.Error as exc:
+                    conn.execute("ROLLBACK TO arrival")
+                    outcome.append(exc)
+                else:
+                    outcome.append(None)
+                conn.execute("RELEASE arrival")
+            return outcome
+
+        future = self.store.committer.submit(run, prepare=prepare, dirs=tuple(dirs))
+
+        def finished(f: concurrent.futures.Future[list[BaseException | None]]) -> None:
+            loop.call_soon_threadsafe(self._taken_in, batch, f)
+
+        future.add_done_callback(finished)
+
+    def _taken_in(
+        self, batch: list[Arrival], future: concurrent.futures.Future[list[BaseException | None]]
+    ) -> None:
+        self._intake_busy = False
+        error = future.exception()
+        outcome = [error] * len(batch) if error is not None else future.result()
+        for arrival, exc in zip(batch, outcome):
+            if arrival.done.done():
+                continue
+            if exc is None:
+                arrival.done.set_result(None)
+            else:
+                arrival.done.set_exception(exc)
+        self._take_in()
 
     # ------------------------------------------------------------------- loop
 

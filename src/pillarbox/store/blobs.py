@@ -66,8 +66,6 @@ class BlobStore:
                 ids.update(p.name for p in shard.iterdir() if not p.name.startswith("."))
         return ids
 
-    def open(self, blob_id: str) -> int:
-        return os.open(self.path(blob_id), os.O_RDONLY)
 
 
 class BlobWriter:
@@ -152,6 +150,16 @@ class BlobWriter:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+
+
+def segment_separator(blob_id: str, size: int) -> bytes:
+    """The line in front of each message in a segment file, for people reading it."""
+    return f"=== pillarbox blob {blob_id} size {size} ===\r\n".encode()
+
+
+def write_segment(path: Path, parts: list[bytes]) -> None:
+    """Create a segment file from ``parts`` and fsync it (one file per group commit)."""
+    write_new(path, b"".join(parts))
 
 
 def _write_all(fd: int, data: bytes) -> None:

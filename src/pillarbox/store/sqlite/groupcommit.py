@@ -23,7 +23,7 @@ from typing import Any
 from pillarbox.store.blobs import sync_dirs
 
 _MAX_BATCH = 512
-_SYNC_THREADS = 8
+_SYNC_THREADS = 1
 
 
 @dataclass(slots=True)

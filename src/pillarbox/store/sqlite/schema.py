@@ -37,12 +37,18 @@ CREATE TABLE IF NOT EXISTS aliases (
     PRIMARY KEY (source, target)
 );
 
--- Bodies: reference counted, removed from disk when refs reaches 0.
+-- Bodies: reference counted, removed when refs reaches 0.  A blob is a file
+-- of its own (segment NULL: blobs/XX/<id>), or a slice of a segment file
+-- that holds the small messages of one group commit (blobs/XX/<segment>,
+-- bytes offset .. offset + size).  A segment goes when its last blob goes.
 CREATE TABLE IF NOT EXISTS blobs (
     id TEXT PRIMARY KEY,
     size INTEGER NOT NULL,
-    refs INTEGER NOT NULL
+    refs INTEGER NOT NULL,
+    segment TEXT,
+    offset INTEGER NOT NULL DEFAULT 0
 );
+CREATE INDEX IF NOT EXISTS blobs_segment ON blobs (segment) WHERE segment IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS queue (
     id TEXT PRIMARY KEY,                -- also the blob id

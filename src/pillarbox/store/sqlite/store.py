@@ -308,11 +308,14 @@ class SQLiteStore:
     @staticmethod
     def insert_entry(
         conn: sqlite3.Connection, blob_id: str, size: int, envelope: Envelope,
-        next_attempt: float | None = None,
+        next_attempt: float | None = None, segment: tuple[str, int] | None = None,
     ) -> None:
         """Record a received message: its blob, envelope and recipients (one job)."""
         now = time.time()
-        conn.execute("INSERT INTO blobs (id, size, refs) VALUES (?, ?, 1)", (blob_id, size))
+        conn.execute(
+            "INSERT INTO blobs (id, size, refs, segment, offset) VALUES (?, ?, 1, ?, ?)",
+            (blob_id, size, *(segment or (None, 0))),
+        )
         conn.execute(
             "INSERT INTO queue (id, reverse_path, size, arrived, client_address, helo, body,"
             " smtputf8, dsn_ret, dsn_envid, state, next_attempt)"
@@ -407,6 +410,28 @@ class SQLiteStore:
     def message_count(self) -> int:
         return self.reader.execute("SELECT count(*) FROM messages").fetchone()[0]
 
+    def blob_location(self, blob_id: str) -> tuple[Path, int, int] | None:
+        """Where a blob's bytes are: (file, offset, size), or None if there is no blob."""
+        row = self.reader.execute(
+            "SELECT segment, offset, size FROM blobs WHERE id = ?", (blob_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        segment, offset, size = row
+        return self.blobs.path(segment or blob_id), offset, size
+
+    def read_blob(self, blob_id: str) -> bytes:
+        location = self.blob_location(blob_id)
+        if location is None:
+            raise NotFound(f"no blob {blob_id}")
+        path, offset, size = location
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read(size)
+        if len(data) != size:
+            raise StoreError(f"blob {blob_id} is truncated in {path}")
+        return data
+
     def read_message(self, mailbox_id: int, uid: int) -> bytes:
         """The whole message as a client sees it: prefix, then the blob."""
         row = self.reader.execute(
@@ -414,7 +439,7 @@ class SQLiteStore:
         ).fetchone()
         if row is None:
             raise NotFound(f"no message {uid} in mailbox {mailbox_id}")
-        return bytes(row[0]) + self.blobs.path(row[1]).read_bytes()
+        return bytes(row[0]) + self.read_blob(row[1])
 
     def list_messages(self, mailbox_id: int) -> list[tuple[int, int, str, float]]:
         """(uid, size, flags, internal date) of each message, by UID."""
@@ -426,13 +451,24 @@ class SQLiteStore:
     # --------------------------------------------------------- housekeeping
 
     def collect_blobs(self) -> int:
-        """Remove blobs no queue entry or mailbox refers to any more."""
+        """Remove blobs no queue entry or mailbox refers to any more.
+
+        A blob of its own goes with its file; a segment file goes when the
+        last blob in it goes.  (The space of a dead message inside a live
+        segment stays until then.)
+        """
         with self.transaction() as conn:
-            ids = [r[0] for r in conn.execute("SELECT id FROM blobs WHERE refs <= 0")]
-            conn.executemany("DELETE FROM blobs WHERE id = ?", [(i,) for i in ids])
-        for blob_id in ids:
-            self.blobs.remove(blob_id)
-        return len(ids)
+            dead = conn.execute("SELECT id, segment FROM blobs WHERE refs <= 0").fetchall()
+            conn.executemany("DELETE FROM blobs WHERE id = ?", [(r[0],) for r in dead])
+            files = [blob_id for blob_id, segment in dead if segment is None]
+            for segment in {segment for _, segment in dead if segment is not None}:
+                if conn.execute(
+                    "SELECT 1 FROM blobs WHERE segment = ? LIMIT 1", (segment,)
+                ).fetchone() is None:
+                    files.append(segment)
+        for name in files:
+            self.blobs.remove(name)
+        return len(dead)
 
     def collect_orphans(self, older_than: float = 0.0) -> int:
         """Remove blob files with no row: messages whose session died before its 250.
@@ -440,7 +476,10 @@ class SQLiteStore:
         Run at start, before any session, so no blob being written is touched.
         ``older_than`` spares files modified after that time.
         """
-        known = {r[0] for r in self.reader.execute("SELECT id FROM blobs")}
+        known = {
+            r[0] or r[1]
+            for r in self.reader.execute("SELECT DISTINCT segment, id FROM blobs")
+        }
         removed = 0
         for blob_id in self.blobs.all_ids() - known:
             path = self.blobs.path(blob_id)
