@@ -18,6 +18,7 @@ the message refused (RFC 5321 2.3.8 and 4.1.1.4).
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 
 from pillarbox.protocols.smtp import events as ev
@@ -107,6 +108,9 @@ _AFTER_DECISION: dict[tuple[type, bool], State | None] = {
     (ev.MessageEnd, False): S.READY,
 }
 
+# RFC 3030 2: bdat-cmd = "BDAT" SP chunk-size [ SP end-marker ], in ASCII.
+_BDAT_ARG = re.compile(r"([0-9]{1,18})(?: +(LAST))?", re.ASCII | re.IGNORECASE)
+
 _OBSOLETE = frozenset({"SEND", "SOML", "SAML", "TURN", "ETRN", "ATRN", "AUTH"})
 
 _HELP = Reply(
@@ -143,6 +147,7 @@ class SMTPServerConnection:
         self._in = bytearray()
         self._out: list[bytes] = []
         self._pending: ev.MailFrom | ev.RcptTo | ev.MessageEnd | None = None
+        self._closing: ev.Closing | None = None  # 421 sent by respond(), event not yet taken
         self._skip_line = False     # discarding the rest of an over-long command line
         # Message content state, shared by DATA and BDAT.
         self._bol = True            # DATA: at the beginning of a line
@@ -188,6 +193,8 @@ class SMTPServerConnection:
         if pending is None:
             raise RuntimeError("respond() without a pending event")
         self._pending = None
+        if self.state is S.CLOSED:
+            return  # close() has sent the last reply
         new_state = _AFTER_DECISION[(type(pending), reply.is_positive)]
         if isinstance(pending, ev.MessageEnd):
             self._reset_transaction()
@@ -199,7 +206,7 @@ class SMTPServerConnection:
             self.state = new_state
         self._send(reply)
         if not reply.is_positive and not isinstance(pending, ev.MessageEnd):
-            self._count_error()
+            self._closing = self._count_error()
 
     def abort_message(self, reply: Reply) -> None:
         """The session cannot keep this message (e.g. the disk is full): the core
@@ -224,6 +231,9 @@ class SMTPServerConnection:
 
     def next_event(self) -> ev.Event | ev._Sentinel:
         """The next event; loops over steps that need nothing from the session."""
+        if self._closing is not None:
+            closing, self._closing = self._closing, None
+            return closing
         while True:
             if self._pending is not None or self.state is S.TLS:
                 return ev.PAUSED
@@ -246,7 +256,8 @@ class SMTPServerConnection:
 
     def _count_error(self) -> ev.Closing | None:
         self.errors += 1
-        if self.errors >= self.limits.max_errors and self.state is not S.CLOSED:
+        limit = self.limits.max_errors
+        if limit and self.errors >= limit and self.state is not S.CLOSED:
             self._send(TOO_MANY_ERRORS)
             self.state = S.CLOSED
             return ev.Closing(TOO_MANY_ERRORS)
@@ -270,7 +281,13 @@ class SMTPServerConnection:
     # ---------------------------------------------------------- command lines
 
     def _read_line(self) -> bytes | None | Reply:
-        """The next command line without CRLF, None if incomplete, or an error reply."""
+        """The next command line without CRLF, None if incomplete, or an error reply.
+
+        A line must end in CRLF (RFC 5321 2.3.8).  A bare LF still ends the
+        line, which is then refused whole with 500 5.5.2: a client that sends
+        LF alone hears at once what is wrong instead of waiting for a reply
+        that would never come.  A bare CR inside a line refuses it too.
+        """
         buf = self._in
         lf = buf.find(b"\n")
         limit = self.limits.max_command_line
@@ -282,13 +299,13 @@ class SMTPServerConnection:
             self._skip_line = False
             return LINE_TOO_LONG
         if lf < 0:
-            if len(buf) > limit:
+            if limit and len(buf) > limit:
                 buf.clear()
                 self._skip_line = True
             return None
         line = bytes(buf[:lf])
         del buf[: lf + 1]
-        if lf + 1 > limit:
+        if limit and lf + 1 > limit:
             return LINE_TOO_LONG
         if not line.endswith(b"\r") or b"\r" in line[:-1]:
             return BARE_LINE_ENDING
@@ -305,7 +322,8 @@ class SMTPServerConnection:
         except UnicodeDecodeError:
             return self._violation("", Reply(500, "5.5.2", "Command is not valid UTF-8"))
         verb, _, arg = text.partition(" ")
-        verb = verb.upper()
+        # RFC 5321 2.4: verbs are ASCII; str.upper() would make "ı" an "I".
+        verb = verb.upper() if verb.isascii() else verb
         allowed = _SEQUENCE.get(verb)
         if allowed is None:
             if verb in _OBSOLETE:
@@ -371,7 +389,7 @@ class SMTPServerConnection:
         self._pending = event
         return event
 
-    def _rcpt(self, arg: str) -> ev.Event:
+    def _rcpt(self, arg: str) -> ev.Event | None:
         path_text, params_text = split_argument(arg, "TO")
         params = parse_params(params_text) if params_text else []
         if params and not self.esmtp:
@@ -383,8 +401,10 @@ class SMTPServerConnection:
         assert path is not None
         limit = self.limits.max_recipients
         if limit and self.recipients >= limit:
-            # RFC 5321 4.5.3.1.10: 452 for too many recipients, the client retries later.
-            raise RemoteProtocolError(TOO_MANY_RECIPIENTS)
+            # RFC 5321 4.5.3.1.10: 452 for too many recipients, and the client
+            # sends the rest in another transaction: an answer, not an error.
+            self._send(TOO_MANY_RECIPIENTS)
+            return None
         event = ev.RcptTo(path, rcpt_params)
         self._pending = event
         return event
@@ -402,17 +422,11 @@ class SMTPServerConnection:
         return ev.MessageStart()
 
     def _bdat(self, arg: str) -> ev.Event | ev._Sentinel:
-        parts = arg.split()
-        if (
-            not parts
-            or len(parts) > 2
-            or not (parts[0].isascii() and parts[0].isdigit())
-            or len(parts[0]) > 18
-            or (len(parts) == 2 and parts[1].upper() != "LAST")
-        ):
+        m = _BDAT_ARG.fullmatch(arg)
+        if m is None:
             raise RemoteProtocolError(Reply(501, "5.5.4", "Syntax: BDAT chunk-size [LAST]"))
-        self._bdat_left = int(parts[0])
-        self._bdat_last = len(parts) == 2
+        self._bdat_left = int(m[1])
+        self._bdat_last = m[2] is not None
         first = self.state in (S.MAIL, S.RCPT)
         if self.state is S.BDAT_WAIT:
             pass
@@ -651,7 +665,8 @@ class SMTPServerConnection:
             self._hdr_tail = tail
         if region:
             self._received += region.lower().count(b"\r\nreceived:")
-            if self._received > self.limits.max_received_headers:
+            limit = self.limits.max_received_headers
+            if limit and self._received > limit:
                 self._content_error = MAIL_LOOP
 
 
