@@ -28,14 +28,14 @@ import contextlib
 import logging
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pillarbox.deliver.local import deliver_batch
+from pillarbox.deliver.local import Failure, deliver_batch
 from pillarbox.log import log_event
 from pillarbox.queue.ipc import envelope_from_json, serve_requests
-from pillarbox.store.base import Envelope
+from pillarbox.store.base import Delivered, Envelope
 from pillarbox.store.blobs import new_id, segment_separator, sync_file, write_segment
 from pillarbox.store.sqlite.store import SQLiteStore, is_full
 
@@ -61,6 +61,17 @@ class Arrival:
     done: asyncio.Future[None]
 
 
+@dataclass(slots=True)
+class Cycle:
+    """What one commit of the fresh path did."""
+
+    outcome: list[BaseException | None]      # per arrival: None if committed
+    fresh: list[str]                         # entries it tried to deliver
+    delivered: list[Delivered] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    delivery_error: BaseException | None = None
+
+
 def socket_path(store: SQLiteStore) -> Path:
     return store.run_dir / "queue.sock"
 
@@ -72,8 +83,9 @@ class QueueManager:
         self.batch = batch
         self._fresh: list[str] = []
         self._intake: list[Arrival] = []
-        self._intake_busy = False
-        self._kick = asyncio.Event()
+        self._busy = False
+        self._stop = asyncio.Event()
+        self._tasks: set[asyncio.Future[None]] = set()
         self._stopping = False
         self._server: asyncio.AbstractServer | None = None
 
@@ -96,29 +108,29 @@ class QueueManager:
             asyncio.get_running_loop().create_future(),
         )
         self._intake.append(arrival)
-        self._take_in()
+        self._cycle()
         try:
             await arrival.done
         except Exception as exc:  # noqa: BLE001 - reported to the worker
             log_event(log, "enqueue failed", queue_id=blob_id, error=repr(exc),
                       level=logging.ERROR)
             return {"ok": False, "full": is_full(exc), "error": str(exc)}
-        self._fresh.append(blob_id)
-        self._kick.set()
         return {"ok": True}
 
-    def _take_in(self) -> None:
-        """Hand what has arrived to the committer as one job, one at a time.
+    def _cycle(self) -> None:
+        """Start the next commit, if none is running: take in, and deliver.
 
-        While a job is being committed, new arrivals wait here and form the
-        next one: the batch grows with the load.  The small messages of a job
-        are written into one segment file, so a batch costs one file
-        creation and one fsync, not one per message.
+        One commit at a time.  It inserts what arrived while the previous one
+        was committing (its small messages written into one segment file and
+        fsync'd once) and, in the same transaction, delivers the entries the
+        previous commit took in.  Batches grow with the load, and a message
+        costs a share of two commits, with no polling.
         """
-        if self._intake_busy or not self._intake:
+        if self._busy or not (self._intake or self._fresh):
             return
         batch, self._intake = self._intake, []
-        self._intake_busy = True
+        fresh, self._fresh = self._fresh[: self.batch], self._fresh[self.batch :]
+        self._busy = True
         loop = asyncio.get_running_loop()
         segment_id = new_id()
         segment_path = self.store.blobs.path(segment_id)
@@ -145,7 +157,7 @@ class QueueManager:
                 if arrival.payload is None:
                     sync_file(arrival.path)
 
-        def run(conn: sqlite3.Connection) -> list[BaseException | None]:
+        def run(conn: sqlite3.Connection) -> Cycle:
             outcome: list[BaseException | None] = []
             for arrival, place in zip(batch, places):
                 conn.execute("SAVEPOINT arrival")
@@ -160,46 +172,72 @@ class QueueManager:
                 else:
                     outcome.append(None)
                 conn.execute("RELEASE arrival")
-            return outcome
+            cycle = Cycle(outcome, fresh)
+            if fresh:
+                conn.execute("SAVEPOINT delivery")
+                try:
+                    cycle.delivered, cycle.failures = deliver_batch(
+                        self.store, conn, fresh, self.delimiters
+                    )
+                except Exception as exc:  # noqa: BLE001 - transient: deferred below
+                    conn.execute("ROLLBACK TO delivery")
+                    cycle.delivery_error = exc
+                conn.execute("RELEASE delivery")
+            return cycle
 
-        future = self.store.committer.submit(run, prepare=prepare, dirs=tuple(dirs))
+        future = self.store.committer.submit(
+            run, prepare=prepare if batch else None, dirs=tuple(dirs)
+        )
 
-        def finished(f: concurrent.futures.Future[list[BaseException | None]]) -> None:
-            loop.call_soon_threadsafe(self._taken_in, batch, f)
+        def finished(f: concurrent.futures.Future[Cycle]) -> None:
+            loop.call_soon_threadsafe(self._cycled, batch, fresh, f)
 
         future.add_done_callback(finished)
 
-    def _taken_in(
-        self, batch: list[Arrival], future: concurrent.futures.Future[list[BaseException | None]]
+    def _cycled(
+        self, batch: list[Arrival], fresh: list[str], future: concurrent.futures.Future[Cycle]
     ) -> None:
-        self._intake_busy = False
+        self._busy = False
         error = future.exception()
-        outcome = [error] * len(batch) if error is not None else future.result()
+        if error is not None:
+            # Nothing of this transaction happened.  The fresh entries keep
+            # their lease and the poll delivers them when it runs out.
+            outcome: list[BaseException | None] = [error] * len(batch)
+            if fresh:
+                log.warning("delivery of %d entries failed with the commit: %s", len(fresh), error)
+        else:
+            cycle = future.result()
+            outcome = cycle.outcome
+            if cycle.delivery_error is not None:
+                log.warning("delivery batch failed, deferring %d entries: %s",
+                            len(fresh), cycle.delivery_error)
+                self._tasks.add(asyncio.ensure_future(
+                    self._defer(fresh, f"451 4.3.0 {cycle.delivery_error}")))
+            else:
+                self._report(cycle.delivered, cycle.failures)
         for arrival, exc in zip(batch, outcome):
+            if exc is None:
+                self._fresh.append(arrival.blob_id)
             if arrival.done.done():
                 continue
             if exc is None:
                 arrival.done.set_result(None)
             else:
                 arrival.done.set_exception(exc)
-        self._take_in()
+        self._tasks = {t for t in self._tasks if not t.done()}
+        self._cycle()
 
     # ------------------------------------------------------------------- loop
 
     def stop(self) -> None:
         self._stopping = True
-        self._kick.set()
+        self._stop.set()
 
     async def run(self) -> None:
         self._make_active_due()
         self._server = await serve_requests(socket_path(self.store), self.handle)
         poller = asyncio.create_task(self._poll())
-        while not self._stopping:
-            await self._kick.wait()
-            self._kick.clear()
-            while self._fresh:
-                ids, self._fresh = self._fresh[: self.batch], self._fresh[self.batch :]
-                await self.deliver(ids)
+        await self._stop.wait()
         self._server.close()
         poller.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -241,6 +279,9 @@ class QueueManager:
             log.warning("delivery batch failed, deferring %d entries: %s", len(ids), exc)
             await self._defer(ids, f"451 4.3.0 {exc}")
             return
+        self._report(delivered, failures)
+
+    def _report(self, delivered: list[Delivered], failures: list[Failure]) -> None:
         for d in delivered:
             log_event(
                 log, "delivered", queue_id=d.queue_id, from_=f"<{d.sender}>", to=d.recipient,
@@ -254,7 +295,7 @@ class QueueManager:
                 level=logging.WARNING,
             )
         if failures:
-            store.collect_blobs()
+            self.store.collect_blobs()
 
     async def _defer(self, ids: list[str], reply: str) -> None:
         now = time.time()

@@ -99,6 +99,9 @@ class SQLiteStore:
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=30000")
+        # Savepoints need a statement journal; in memory it costs no temp file
+        # (open, unlink, write) per transaction.
+        conn.execute("PRAGMA temp_store=MEMORY")
         return conn
 
     @property
