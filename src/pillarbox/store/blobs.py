@@ -182,9 +182,13 @@ def write_new(path: Path, data: bytes) -> None:
     os.close(fd)
 
 
-def sync_file(path: Path) -> None:
-    """fsync a file written and closed by another process (fsync acts on the inode)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+def sync_file(path: Path, flags: int = 0) -> None:
+    """fsync a file (or, with O_DIRECTORY, a directory) by path.
+
+    fsync acts on the inode, so this makes durable what another process
+    wrote and closed.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | flags)
     try:
         os.fsync(fd)
     finally:
@@ -198,8 +202,4 @@ def sync_dirs(paths: set[Path]) -> None:
 
 
 def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    sync_file(path, os.O_DIRECTORY)
