@@ -77,3 +77,18 @@ def test_spool_full_before_mail_answers_452(tmp_path):
     out = _drive(session, core, b"EHLO c.test\r\nMAIL FROM:<>\r\n")
     assert out.endswith(b"452 4.3.1 Insufficient system storage, try again later\r\n")
     store.close()
+
+
+def test_rcpt_postmaster_without_domain_finds_a_local_postmaster(tmp_path):
+    store = SQLiteStore(tmp_path / "data").open()
+    store.add_domain("example.test")
+    store.add_account("alice@example.test", hash_password("pw"))
+    store.add_alias("postmaster@example.test", "alice@example.test")
+    # The server's own name is not a local domain: <Postmaster> still lands.
+    ctx = ReceiverContext(store=store, hostname="mx.elsewhere.test", recipient_delimiter="+",
+                          min_free_space=0)
+    core = SMTPServerConnection("mx.elsewhere.test", Limits())
+    session = Session(ctx, core, "192.0.2.7")
+    out = _drive(session, core, b"EHLO c.test\r\nMAIL FROM:<>\r\nRCPT TO:<Postmaster>\r\n")
+    assert out.endswith(b"250 2.1.5 Recipient <Postmaster@example.test> ok\r\n"), out
+    store.close()

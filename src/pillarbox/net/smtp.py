@@ -105,7 +105,7 @@ class SMTPProtocol(asyncio.Protocol):
         core.receive_data(data)
         if not self._busy:
             self._pump()
-        elif len(core._in) > _HIGH_WATER and not self._paused and self.transport:
+        elif core.buffered > _HIGH_WATER and not self._paused and self.transport:
             self.transport.pause_reading()
             self._paused = True
 

@@ -110,8 +110,7 @@ class Session:
         assert tx is not None
         path = event.forward_path
         if not path.domain:
-            # RCPT TO:<Postmaster> (RFC 5321 4.5.1) means our own postmaster.
-            path = Mailbox(path.local_part, self.ctx.hostname)
+            path = self._postmaster(path.local_part)
         verdict = self._resolve(path)
         if verdict is Verdict.REMOTE:
             reply = RELAY_DENIED
@@ -129,6 +128,17 @@ class Session:
             from_=_path_text(tx.reverse_path), to=str(path), reply=str(reply),
         )
         return reply
+
+    def _postmaster(self, local_part: str) -> Mailbox:
+        """RCPT TO:<Postmaster> (RFC 5321 4.5.1) must always be accepted: it is
+        the postmaster of the server's own name if that is a local domain,
+        else of the first local domain that has one."""
+        candidates = [self.ctx.hostname] + [d[0] for d in self.ctx.store.list_domains()]
+        for domain in candidates:
+            mailbox = Mailbox(local_part, domain)
+            if self._resolve(mailbox) is Verdict.LOCAL:
+                return mailbox
+        return Mailbox(local_part, self.ctx.hostname)
 
     def _resolve(self, path: Mailbox) -> Verdict:
         if path.is_literal:

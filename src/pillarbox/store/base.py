@@ -8,9 +8,12 @@ implement the same methods.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pillarbox.store.blobs import BlobWriter
+
+if TYPE_CHECKING:
+    from pillarbox.deliver.recipients import Directory
 
 
 class StoreError(Exception):
@@ -113,16 +116,23 @@ class Delivered:
 
 
 class Store(Protocol):
-    """The operations the services use (the SQLite backend implements them)."""
+    """The operations the services use; ``SQLiteStore`` implements them.
+
+    Reads for recipient resolution go through ``directory()``, which gives
+    the three lookups of ``pillarbox.deliver.recipients.Directory`` bound to
+    a connection of the caller's thread.
+    """
+
+    def directory(self) -> Directory: ...
 
     def new_blob(self, blob_id: str) -> BlobWriter: ...
 
     async def enqueue(self, blob_id: str, writer: BlobWriter, envelope: Envelope) -> None: ...
 
-    def is_local_domain(self, domain: str) -> bool: ...
-
-    def find_account(self, address: str) -> Account | None: ...
-
-    def alias_targets(self, source: str) -> list[str]: ...
+    def read_blob(self, blob_id: str) -> bytes: ...
 
     def queue_list(self) -> list[QueueEntry]: ...
+
+    def queue_get(self, queue_id: str) -> QueueEntry | None: ...
+
+    def list_mailboxes(self, address: str) -> list[MailboxInfo]: ...

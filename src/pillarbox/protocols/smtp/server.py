@@ -180,6 +180,11 @@ class SMTPServerConnection:
         return out
 
     @property
+    def buffered(self) -> int:
+        """Bytes received and not yet processed (for the adapter's back-pressure)."""
+        return len(self._in)
+
+    @property
     def in_data(self) -> bool:
         return self.state is S.DATA or self.state is S.BDAT
 
