@@ -309,3 +309,24 @@ def test_starttls_discards_pipelined_plaintext(server):
     reply = tls_sock.recv(4096)
     assert reply.startswith(b"503 5.5.1"), reply  # no MAIL was ever accepted
     tls_sock.close()
+
+
+def test_connection_limit_in_total(server_factory):
+    server = server_factory({"smtp.max_connections": "2"})
+    held = [Raw(server.port) for _ in range(2)]
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    data = sock.recv(200)
+    assert data.startswith(b"421 4.7.0 Too many connections"), data
+    sock.close()
+    held[0].close()
+    # A slot is free again once a session ends.
+    deadline = 50
+    while deadline:
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        if sock.recv(200).startswith(b"220"):
+            sock.close()
+            break
+        sock.close()
+        deadline -= 1
+    assert deadline, "the freed connection slot was never given back"
+    held[1].close()
