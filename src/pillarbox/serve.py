@@ -192,6 +192,12 @@ def _start(child: Child, config: Config, listeners: list[socket.socket],
     if pid:
         child.pid = pid
         child.started = time.monotonic()
+        # run/<role>-<index>.pid: which process is which, for people and tests.
+        pid_file = config.server.data_dir / "run" / f"{child.role}-{child.index}.pid"
+        try:
+            pid_file.write_text(f"{pid}\n")
+        except OSError:
+            pass
         return
     # In the child: never return into the supervisor's code.
     code = 1
