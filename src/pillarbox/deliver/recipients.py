@@ -85,13 +85,11 @@ def _expand(directory: Directory, key: str, depth: int, seen: set[str]) -> list[
     if targets:
         found: dict[int, Account] = {}
         for target in targets:
-            for account in _expand(directory, target.lower(), depth + 1, seen) or ():
-                found.setdefault(account.id, account)
+            for reached in _expand(directory, target.lower(), depth + 1, seen) or ():
+                found.setdefault(reached.id, reached)
         return list(found.values())
     account = directory.find_account(key)
-    if account is not None:
-        return [account]
-    return None
+    return [account] if account is not None else None
 
 
 def cached(directory: Directory, ttl: float = 1.0, max_entries: int = 10000) -> Directory:

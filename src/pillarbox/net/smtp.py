@@ -13,6 +13,7 @@ import asyncio
 import logging
 import ssl
 from dataclasses import dataclass
+from typing import cast
 
 from pillarbox.log import log_event
 from pillarbox.net.limits import ConnectionLimiter
@@ -56,7 +57,8 @@ class SMTPProtocol(asyncio.Protocol):
     # ------------------------------------------------------------ lifecycle
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) else "local"
         limiter = self.cfg.limiter

@@ -316,7 +316,7 @@ class SMTPServerConnection:
             return BARE_LINE_ENDING
         return line[:-1]
 
-    def _command_event(self) -> ev.Event | ev._Sentinel:
+    def _command_event(self) -> ev.Event | ev._Sentinel | None:
         line = self._read_line()
         if line is None:
             return ev.NEED_DATA
@@ -426,7 +426,7 @@ class SMTPServerConnection:
         self._send(Reply(354, "", "End data with <CR><LF>.<CR><LF>"))
         return ev.MessageStart()
 
-    def _bdat(self, arg: str) -> ev.Event | ev._Sentinel:
+    def _bdat(self, arg: str) -> ev.Event | ev._Sentinel | None:
         m = _BDAT_ARG.fullmatch(arg)
         if m is None:
             raise RemoteProtocolError(Reply(501, "5.5.4", "Syntax: BDAT chunk-size [LAST]"))
@@ -541,7 +541,7 @@ class SMTPServerConnection:
             raw = raw.replace(b"\r\n.", b"\r\n")
         return raw
 
-    def _message_end(self, raw: bytes) -> ev.Event:
+    def _message_end(self, raw: bytes) -> ev.Event | ev._Sentinel | None:
         if raw:
             data = self._unstuff(raw)
             event = self._content(data)
@@ -565,7 +565,7 @@ class SMTPServerConnection:
         self._reset_transaction()
         return ev.MessageAborted(error)
 
-    def _bdat_event(self) -> ev.Event | ev._Sentinel:
+    def _bdat_event(self) -> ev.Event | ev._Sentinel | None:
         buf = self._in
         if self._bdat_left:
             if not buf:

@@ -380,7 +380,12 @@ class SQLiteStore:
                 (queue_id,),
             )
         )
-        return QueueEntry(*row[:11], bool(row[11]), row[12], row[13], rcpts)
+        (qid, reverse_path, size, arrived, client, helo, state, attempts, next_attempt,
+         last_reply, body, smtputf8, dsn_ret, dsn_envid) = row
+        return QueueEntry(
+            qid, reverse_path, size, arrived, client, helo, state, attempts, next_attempt,
+            last_reply, body, bool(smtputf8), dsn_ret, dsn_envid, rcpts,
+        )
 
     def queue_delete(self, queue_id: str) -> None:
         with self.transaction() as conn:
