@@ -11,9 +11,12 @@ can use them; values with spaces are quoted in the text form.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -66,14 +69,91 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(obj, ensure_ascii=False, default=str)
 
 
+class LineHandler(logging.Handler):
+    """Writes whole lines with one ``write(2)`` per batch, at most ``interval`` late.
+
+    Several processes append to one log: each flush is a single write of
+    complete lines to a descriptor opened with O_APPEND, so lines of different
+    processes never interleave mid-line.  Under load, a write per record cost
+    more than a tenth of the server's throughput; lines now wait at most
+    ``interval`` seconds (a flusher thread), and warnings and errors are
+    written at once.  Unwritten lines are written before a fork and at exit.
+    """
+
+    def __init__(self, fd: int, *, own_fd: bool, interval: float = 0.1,
+                 max_buffer: int = 65536) -> None:
+        super().__init__()
+        self._fd = fd
+        self._own_fd = own_fd
+        self._interval = interval
+        self._max = max_buffer
+        self._lines: list[bytes] = []
+        self._size = 0
+        self._buffer_lock = threading.Lock()
+        self._closed = False
+        self._start_flusher()
+        os.register_at_fork(before=self.flush, after_in_child=self._after_fork)
+
+    def _start_flusher(self) -> None:
+        thread = threading.Thread(target=self._flusher, name="log-flush", daemon=True)
+        thread.start()
+
+    def _after_fork(self) -> None:
+        self._buffer_lock = threading.Lock()
+        self._lines, self._size = [], 0
+        if not self._closed:
+            self._start_flusher()
+
+    def _flusher(self) -> None:
+        while not self._closed:
+            time.sleep(self._interval)
+            self.flush()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            data = (self.format(record) + "\n").encode("utf-8", "replace")
+        except Exception:  # noqa: BLE001 - logging must never raise into the server
+            self.handleError(record)
+            return
+        with self._buffer_lock:
+            self._lines.append(data)
+            self._size += len(data)
+            full = self._size >= self._max
+        if full or record.levelno >= logging.WARNING:
+            self.flush()
+
+    def flush(self) -> None:
+        with self._buffer_lock:
+            if not self._lines:
+                return
+            data = b"".join(self._lines)
+            self._lines, self._size = [], 0
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._fd, view):]
+        except OSError:
+            pass  # a full disk must not stop the mail; the lines are lost
+
+    def close(self) -> None:
+        self.flush()
+        self._closed = True
+        if self._own_fd:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        super().close()
+
+
 def setup_logging(fmt: str = "text", level: str = "info", file: Path | None = None) -> None:
-    handler: logging.Handler
     if file is not None:
-        handler = logging.FileHandler(file, encoding="utf-8")
+        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        handler = LineHandler(fd, own_fd=True)
     else:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = LineHandler(sys.stderr.fileno(), own_fd=False)
     handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger("pillarbox")
+    for old in root.handlers:
+        old.close()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False

@@ -26,6 +26,8 @@ def _check(path):
     log_event(log, "debugging", level=logging.DEBUG, x=1)
     setup_logging("json", "info", path)
     log_event(log, "delivered", queue_id="ABC", to="alice@example.test", status="sent")
+    for handler in logging.getLogger("pillarbox").handlers:
+        handler.flush()  # lines wait up to 0.1 s to be written in batches
     lines = path.read_text().splitlines()
     assert len(lines) == 2
     assert lines[0].endswith(' info smtp queued queue_id=ABC client=192.0.2.1 from="<a b@x>" size=12')
@@ -33,3 +35,28 @@ def _check(path):
     assert record["event"] == "delivered" and record["level"] == "info"
     assert record["queue_id"] == "ABC" and record["to"] == "alice@example.test"
     assert record["status"] == "sent" and record["ts"].endswith("Z")
+
+
+def test_warnings_are_written_at_once_and_lines_stay_whole(tmp_path):
+    root = logging.getLogger("pillarbox")
+    saved = (root.handlers[:], root.level, root.propagate)
+    path = tmp_path / "log"
+    try:
+        setup_logging("text", "info", path)
+        log = logging.getLogger("pillarbox.queue")
+        log_event(log, "delivered", queue_id="A")
+        log_event(log, "deferred", queue_id="B", level=logging.WARNING)
+        # The warning flushed everything before it, in order, without waiting.
+        lines = path.read_text().splitlines()
+        assert [line.split()[3] for line in lines] == ["delivered", "deferred"]
+        for i in range(3000):  # more than the buffer: written in whole lines
+            log_event(log, "delivered", queue_id=f"Q{i}", pad="x" * 40)
+        for handler in root.handlers:
+            handler.flush()
+        lines = path.read_text().splitlines()
+        assert len(lines) == 3002
+        assert all(line.endswith("x" * 40) for line in lines[2:])
+    finally:
+        for handler in root.handlers:
+            handler.close()
+        root.handlers[:], root.level, root.propagate = saved
