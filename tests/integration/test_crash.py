@@ -98,6 +98,22 @@ async def _load(port: int, tags: list[str], acked: set[str], in_flight: set[str]
     await asyncio.gather(*(session() for _ in range(SESSIONS)))
 
 
+def _delivered_once_drained(server) -> dict[str, int]:
+    """Wait for the queue to empty; count each tag in the mailbox, checking digests."""
+    deadline = time.monotonic() + 120
+    while server.query("SELECT count(*) FROM queue")[0][0] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert server.query("SELECT count(*) FROM queue")[0][0] == 0
+    seen: dict[str, int] = {}
+    for message in server.inbox(ALICE):
+        tag = re.search(rb"X-Tag: (\S+)", message).group(1).decode()
+        digest = re.search(rb"X-Digest: (\S+)", message).group(1).decode()
+        body = message.split(b"\r\n\r\n", 1)[1]
+        assert hashlib.sha256(body).hexdigest() == digest, f"{tag} delivered in part"
+        seen[tag] = seen.get(tag, 0) + 1
+    return seen
+
+
 @pytest.mark.slow
 def test_kill_9_mid_load_loses_and_duplicates_nothing(server_factory):
     server = server_factory({"server.workers": "2"})
@@ -126,18 +142,7 @@ def test_kill_9_mid_load_loses_and_duplicates_nothing(server_factory):
     all_acked = acked | acked2
     assert len(all_acked) >= 2000
 
-    deadline = time.monotonic() + 120
-    while server.query("SELECT count(*) FROM queue")[0][0] and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert server.query("SELECT count(*) FROM queue")[0][0] == 0
-
-    seen: dict[str, int] = {}
-    for message in server.inbox(ALICE):
-        tag = re.search(rb"X-Tag: (\S+)", message).group(1).decode()
-        digest = re.search(rb"X-Digest: (\S+)", message).group(1).decode()
-        body = message.split(b"\r\n\r\n", 1)[1]
-        assert hashlib.sha256(body).hexdigest() == digest, f"{tag} delivered in part"
-        seen[tag] = seen.get(tag, 0) + 1
+    seen = _delivered_once_drained(server)
     duplicates = {t: n for t, n in seen.items() if n > 1}
     assert not duplicates
     missing = all_acked - seen.keys()
@@ -175,14 +180,7 @@ def test_kill_9_of_one_process_mid_load(server_factory, victim):
     acked2: set[str] = set()
     asyncio.run(_load(server.port, retry, acked2, unsure, None, asyncio.Event()))
     assert len(acked2) == len(retry), "the server did not recover"
-    deadline = time.monotonic() + 90
-    while server.query("SELECT count(*) FROM queue")[0][0] and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert server.query("SELECT count(*) FROM queue")[0][0] == 0
-    seen: dict[str, int] = {}
-    for message in server.inbox(ALICE):
-        tag = re.search(rb"X-Tag: (\S+)", message).group(1).decode()
-        seen[tag] = seen.get(tag, 0) + 1
+    seen = _delivered_once_drained(server)
     all_acked = acked | acked2
     assert not {t for t, n in seen.items() if n > 1}
     assert not all_acked - seen.keys()
