@@ -1,0 +1,61 @@
+"""The README's first steps: the development defaults, a first message, the CLI."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+
+from tests.conftest import free_port
+
+
+def test_serve_without_configuration_is_a_complete_development_server(tmp_path):
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pillarbox", "-o", f"smtp.listen=127.0.0.1:{port}", "serve"],
+            cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        text = log.read_text()
+        assert "serving localhost" in text
+        assert f"SMTP:   127.0.0.1:{port} (STARTTLS on)" in text
+        password = re.search(r"demo account: demo@localhost  password: (\S+)", text)
+        assert password, text
+        assert (tmp_path / "pillarbox-data" / "demo-password").read_text().strip() == password[1]
+
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+            smtp.sendmail("you@example.org", ["demo@localhost", "postmaster@localhost"],
+                          b"Subject: Hello\r\n\r\nMy first message through Pillarbox.\r\n")
+        deadline = time.monotonic() + 10
+        listing = ""
+        while time.monotonic() < deadline:
+            listing = subprocess.run(
+                [sys.executable, "-m", "pillarbox", "mailbox", "list", "demo@localhost"],
+                cwd=tmp_path, capture_output=True, text=True, check=True,
+            ).stdout
+            if re.search(r"^INBOX\s+1\s", listing, re.MULTILINE):
+                break
+            time.sleep(0.1)
+        # One copy, although postmaster@localhost is an alias of the same account.
+        assert re.search(r"^INBOX\s+1\s", listing, re.MULTILINE), listing
+        queue = subprocess.run([sys.executable, "-m", "pillarbox", "queue", "list"],
+                               cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+        assert "queue is empty" in queue
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(20)
+    assert "serve stopped" in log.read_text()
