@@ -374,3 +374,26 @@ def test_perl_net_smtp_chunking_over_starttls(server, tmp_path):
         "Subject: via BDAT\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
         "first chunk, été\r\n.\r\nlast chunk.\r\n".encode()
     )
+
+
+def test_ipv6_listener_and_received_literal(server_factory):
+    from tests.conftest import free_port
+
+    v6 = socket.socket(socket.AF_INET6)
+    try:
+        v6.bind(("::1", 0))
+        port6 = v6.getsockname()[1]
+    except OSError:
+        v6.close()
+        need_tool("an IPv6 loopback (::1)")  # skips, or fails under CI
+    v6.close()
+    port4 = free_port()
+    server = server_factory({"smtp.listen": f"127.0.0.1:{port4},[::1]:{port6}"}, start=False)
+    server.port = port4
+    server.start()
+    with smtplib.SMTP("::1", port6, timeout=10) as client:
+        client.ehlo("client.test")
+        client.sendmail("bob@sender.test", [ALICE], b"Subject: v6\r\n\r\nover IPv6\r\n")
+    server.wait_delivered(1)
+    (stored,) = server.inbox(ALICE)
+    assert b"Received: from client.test ([IPv6:::1])" in stored
