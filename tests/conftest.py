@@ -81,6 +81,8 @@ class Server:
         raise RuntimeError(f"server did not start: {self.log()}")
 
     def log(self) -> str:
+        """The server's log so far (lines reach the file within 0.1 s: LineHandler)."""
+        time.sleep(0.3)
         try:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
