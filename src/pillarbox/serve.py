@@ -114,7 +114,9 @@ def serve(config: Config, *, dev_mode: bool = False) -> int:
     if orphans:
         log_event(log, "spool cleanup", removed=orphans,
                   note="blobs of messages that never got their 250")
-    tls = tls_context(config)  # fail early on a bad certificate
+    # Fail early on a bad certificate, and make the development one once,
+    # here, rather than in each worker at the same time.
+    tls_context(config)
     listeners = bind_listeners(config.smtp.listen)
     workers = config.workers_effective
     limiter = ConnectionLimiter(
@@ -122,7 +124,6 @@ def serve(config: Config, *, dev_mode: bool = False) -> int:
     )
     _drop_privileges(config.server.user, config.server.data_dir)
     _announce(config, listeners, password, workers)
-    del tls
 
     children = [Child("queue", 0)] + [Child("worker", i) for i in range(workers)]
     stopping = False

@@ -135,7 +135,7 @@ def _inbox(store: SQLiteStore, conn: sqlite3.Connection, account_id: int) -> lis
         (account_id,),
     ).fetchone()
     if row is None:
-        mailbox_id = store._create_mailbox(conn, account_id, "INBOX", None)
+        mailbox_id = store.create_mailbox(conn, account_id, "INBOX", None)
         row = (mailbox_id, 1, 1)
     return list(row)
 

@@ -132,8 +132,9 @@ class QueueManager:
         fresh, self._fresh = self._fresh[: self.batch], self._fresh[self.batch :]
         self._busy = True
         loop = asyncio.get_running_loop()
-        segment_id = new_id()
-        segment_path = self.store.blobs.path(segment_id)
+        small = any(arrival.payload is not None for arrival in batch)
+        segment_id = new_id() if small else ""
+        segment_path = self.store.blobs.path(segment_id) if small else Path()
         parts: list[bytes] = []
         places: list[tuple[str, int] | None] = []
         offset = 0

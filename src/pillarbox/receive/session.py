@@ -33,7 +33,7 @@ from pillarbox.protocols.smtp.reply import (
 from pillarbox.protocols.smtp.server import SMTPServerConnection
 from pillarbox.store.base import Envelope, EnvelopeRecipient, StorageFull
 from pillarbox.store.blobs import BlobWriter, new_id
-from pillarbox.store.sqlite.store import SQLiteStore
+from pillarbox.store.sqlite.store import SQLiteStore, is_full
 
 log = logging.getLogger("pillarbox.smtp")
 
@@ -172,7 +172,7 @@ class Session:
             self._spool_failed(exc)
 
     def _spool_failed(self, exc: OSError) -> None:
-        full = _is_enospc(exc)
+        full = is_full(exc)
         log_event(log, "spool error", client=self.client_address,
                   reason="storage full" if full else "write failed", error=str(exc),
                   level=logging.ERROR)
@@ -200,7 +200,7 @@ class Session:
             enqueue = self.ctx.enqueue or self.ctx.store.enqueue
             await enqueue(tx.queue_id, tx.writer, envelope)
         except (StorageFull, OSError) as exc:
-            full = isinstance(exc, StorageFull) or _is_enospc(exc)  # type: ignore[arg-type]
+            full = isinstance(exc, StorageFull) or is_full(exc)
             log_event(log, "refused", client=self.client_address,
                       reason="storage full" if full else "spool error", error=str(exc),
                       level=logging.ERROR)
@@ -286,8 +286,3 @@ def _now_rfc5322() -> str:
         _date_cache = (now, format_datetime(datetime.fromtimestamp(now, timezone.utc).astimezone()))
     return _date_cache[1]
 
-
-def _is_enospc(exc: OSError) -> bool:
-    import errno
-
-    return exc.errno in (errno.ENOSPC, errno.EDQUOT)

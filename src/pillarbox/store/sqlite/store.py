@@ -205,10 +205,10 @@ class SQLiteStore:
             account_id = cur.lastrowid
             assert account_id is not None
             for name, special in DEFAULT_MAILBOXES:
-                self._create_mailbox(conn, account_id, name, special)
+                self.create_mailbox(conn, account_id, name, special)
         return Account(account_id, address, domain)
 
-    def _create_mailbox(
+    def create_mailbox(
         self, conn: sqlite3.Connection, account_id: int, name: str, special: str | None
     ) -> int:
         # UIDVALIDITY: a fresh value for each mailbox that is (re)created, so a
@@ -395,12 +395,6 @@ class SQLiteStore:
             conn.execute("UPDATE blobs SET refs = refs - 1 WHERE id = ?", (queue_id,))
         self.collect_blobs()
 
-    def queue_counts(self) -> dict[str, int]:
-        rows = self.reader.execute("SELECT state, count(*) FROM queue GROUP BY state").fetchall()
-        return dict(rows)
-
-    # ------------------------------------------------------------- mailboxes
-
     def list_mailboxes(self, address: str) -> list[MailboxInfo]:
         conn = self.reader
         row = conn.execute("SELECT id FROM accounts WHERE address = ?", (address,)).fetchone()
@@ -414,9 +408,6 @@ class SQLiteStore:
             (row[0],),
         ).fetchall()
         return [MailboxInfo(*r) for r in rows]
-
-    def message_count(self) -> int:
-        return self.reader.execute("SELECT count(*) FROM messages").fetchone()[0]
 
     def blob_location(self, blob_id: str) -> tuple[Path, int, int] | None:
         """Where a blob's bytes are: (file, offset, size), or None if there is no blob."""
@@ -439,24 +430,6 @@ class SQLiteStore:
         if len(data) != size:
             raise StoreError(f"blob {blob_id} is truncated in {path}")
         return data
-
-    def read_message(self, mailbox_id: int, uid: int) -> bytes:
-        """The whole message as a client sees it: prefix, then the blob."""
-        row = self.reader.execute(
-            "SELECT prefix, blob FROM messages WHERE mailbox = ? AND uid = ?", (mailbox_id, uid)
-        ).fetchone()
-        if row is None:
-            raise NotFound(f"no message {uid} in mailbox {mailbox_id}")
-        return bytes(row[0]) + self.read_blob(row[1])
-
-    def list_messages(self, mailbox_id: int) -> list[tuple[int, int, str, float]]:
-        """(uid, size, flags, internal date) of each message, by UID."""
-        return self.reader.execute(
-            "SELECT uid, size, flags, internal_date FROM messages WHERE mailbox = ? ORDER BY uid",
-            (mailbox_id,),
-        ).fetchall()
-
-    # --------------------------------------------------------- housekeeping
 
     def collect_blobs(self) -> int:
         """Remove blobs no queue entry or mailbox refers to any more.
