@@ -21,6 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pillarbox.store.base import Account
+from pillarbox.store.directory import Directory
+
+__all__ = ["Directory", "Resolution", "Verdict", "cached", "normalize", "resolve", "split_address"]
 
 MAX_ALIAS_DEPTH = 10
 
@@ -35,15 +38,6 @@ class Verdict(enum.Enum):
 class Resolution:
     verdict: Verdict
     accounts: tuple[Account, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Directory:
-    """The lookups resolution needs, bound to a store connection."""
-
-    is_local_domain: Callable[[str], bool]
-    find_account: Callable[[str], Account | None]
-    alias_targets: Callable[[str], list[str]]
 
 
 def split_address(address: str) -> tuple[str, str]:

@@ -6,19 +6,27 @@ has room), which recipients (local ones, resolved at RCPT time so nothing is
 bounced later), and when a message is safe (its blob and envelope are on
 stable storage, and only then ``250``).  It speaks to the store, never to a
 socket.
+
+Quota (RFC 9208 limits, set with ``pillarbox user quota``) is checked at RCPT
+too, so a full mailbox is refused while the client is still there to retry:
+``452 4.2.2`` (RFC 3463 X.2.2 mailbox full; RFC 5321 4.2.2: 452 is transient,
+so the sender keeps the message and tries again) when the account's usage
+has reached a limit, or would pass it with the ``SIZE=`` the client declared
+(RFC 1870 6).  Usage is remembered per worker for ``QUOTA_TTL`` seconds, so
+the check costs one query per limited account every few seconds; it is a
+courtesy at the door, and local delivery enforces the limits exactly.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email.utils import format_datetime
 from datetime import datetime, timezone
 
-from pillarbox.deliver.recipients import Directory, Verdict, cached, resolve
+from pillarbox.deliver.recipients import Resolution, Verdict, cached, resolve
 from pillarbox.log import log_event
 from pillarbox.protocols.smtp import events as ev
 from pillarbox.protocols.smtp.address import Mailbox
@@ -26,32 +34,44 @@ from pillarbox.protocols.smtp.params import xtext_encode
 from pillarbox.protocols.smtp.reply import (
     INSUFFICIENT_STORAGE,
     LOCAL_ERROR,
+    MAILBOX_FULL,
     NO_SUCH_USER,
     RELAY_DENIED,
     Reply,
 )
 from pillarbox.protocols.smtp.server import SMTPServerConnection
-from pillarbox.store.base import Envelope, EnvelopeRecipient, StorageFull
-from pillarbox.store.blobs import BlobWriter, new_id
-from pillarbox.store.sqlite.store import SQLiteStore, is_full
+from pillarbox.store.base import (
+    Account,
+    Envelope,
+    EnvelopeRecipient,
+    Quota,
+    StorageFull,
+    Store,
+    StoreError,
+)
+from pillarbox.store.blobs import BlobWriter, disk_full, new_id
+from pillarbox.store.directory import Directory
 
 log = logging.getLogger("pillarbox.smtp")
+
+QUOTA_TTL = 5.0          # seconds a worker remembers an account's quota usage
 
 
 @dataclass(slots=True)
 class ReceiverContext:
     """What every session of one worker shares; built once by ``serve``."""
 
-    store: SQLiteStore
+    store: Store
     hostname: str
     recipient_delimiter: str
     min_free_space: int
-    # Makes a finished blob and its envelope durable (``SQLiteStore.enqueue``
+    # Makes a finished blob and its envelope durable (``Store.enqueue``
     # in-process, the queue manager's hand-over under ``serve``).
     enqueue: Callable[[str, BlobWriter, Envelope], Awaitable[None]] | None = None
     _space_checked: float = 0.0
     _space_ok: bool = True
     _directory: Directory | None = None
+    _quotas: dict[int, tuple[float, Quota | None]] = field(default_factory=dict)
 
     @property
     def directory(self) -> Directory:
@@ -65,11 +85,45 @@ class ReceiverContext:
         if now - self._space_checked > 1.0:
             self._space_checked = now
             try:
-                st = os.statvfs(self.store.data_dir)
-                self._space_ok = st.f_bavail * st.f_frsize >= self.min_free_space
+                self._space_ok = self.store.spool_free_space() >= self.min_free_space
             except OSError:
                 self._space_ok = True
         return self._space_ok
+
+    def quota(self, account_id: int) -> Quota | None:
+        """The account's usage and limits (None: no limits), at most ``QUOTA_TTL`` old."""
+        now = time.monotonic()
+        hit = self._quotas.get(account_id)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        value = self.store.quota_if_limited(account_id)
+        if len(self._quotas) >= 10000:
+            self._quotas.clear()
+        self._quotas[account_id] = (now + QUOTA_TTL, value)
+        return value
+
+    def mailbox_full(self, accounts: tuple[Account, ...], size: int | None) -> bool:
+        """Whether any of ``accounts`` is at a limit, or would pass it with ``size`` octets."""
+        for account in accounts:
+            try:
+                q = self.quota(account.id)
+            except StoreError:   # the account went away meanwhile: delivery will say so
+                continue
+            if q is not None and over_quota(q, size):
+                return True
+        return False
+
+
+def over_quota(q: Quota, size: int | None) -> bool:
+    """At RCPT: a limit is reached, or the declared ``size`` would pass it."""
+    if q.messages_limit is not None and q.messages_used >= q.messages_limit:
+        return True
+    if q.storage_limit is not None:
+        if q.storage_used >= q.storage_limit:
+            return True
+        if size is not None and q.storage_used + size > q.storage_limit:
+            return True
+    return False
 
 
 @dataclass(slots=True)
@@ -111,11 +165,14 @@ class Session:
         path = event.forward_path
         if not path.domain:
             path = self._postmaster(path.local_part)
-        verdict = self._resolve(path)
+        resolution = self._resolve(path)
+        verdict = resolution.verdict
         if verdict is Verdict.REMOTE:
             reply = RELAY_DENIED
         elif verdict is Verdict.UNKNOWN:
             reply = NO_SUCH_USER
+        elif self.ctx.mailbox_full(resolution.accounts, getattr(tx.params, "size", None)):
+            reply = MAILBOX_FULL
         else:
             params = event.params
             orcpt = f"{params.orcpt[0]};{xtext_encode(params.orcpt[1])}" if params.orcpt else None
@@ -136,19 +193,19 @@ class Session:
         candidates = [self.ctx.hostname] + [d[0] for d in self.ctx.store.list_domains()]
         for domain in candidates:
             mailbox = Mailbox(local_part, domain)
-            if self._resolve(mailbox) is Verdict.LOCAL:
+            if self._resolve(mailbox).verdict is Verdict.LOCAL:
                 return mailbox
         return Mailbox(local_part, self.ctx.hostname)
 
-    def _resolve(self, path: Mailbox) -> Verdict:
+    def _resolve(self, path: Mailbox) -> Resolution:
         if path.is_literal:
-            return Verdict.REMOTE
+            return Resolution(Verdict.REMOTE)
         try:
             domain = path.ascii_domain
         except Exception:  # noqa: BLE001 - an unconvertible domain is not ours
-            return Verdict.REMOTE
+            return Resolution(Verdict.REMOTE)
         return resolve(self.ctx.directory, path.local_part, domain,
-                       self.ctx.recipient_delimiter).verdict
+                       self.ctx.recipient_delimiter)
 
     # ------------------------------------------------------------- content
 
@@ -172,7 +229,7 @@ class Session:
             self._spool_failed(exc)
 
     def _spool_failed(self, exc: OSError) -> None:
-        full = is_full(exc)
+        full = disk_full(exc)
         log_event(log, "spool error", client=self.client_address,
                   reason="storage full" if full else "write failed", error=str(exc),
                   level=logging.ERROR)
@@ -200,7 +257,7 @@ class Session:
             enqueue = self.ctx.enqueue or self.ctx.store.enqueue
             await enqueue(tx.queue_id, tx.writer, envelope)
         except (StorageFull, OSError) as exc:
-            full = isinstance(exc, StorageFull) or is_full(exc)
+            full = isinstance(exc, StorageFull) or disk_full(exc)
             log_event(log, "refused", client=self.client_address,
                       reason="storage full" if full else "spool error", error=str(exc),
                       level=logging.ERROR)

@@ -13,12 +13,18 @@ commit fsyncs one directory rather than one per message, and over a day the
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import time
 from pathlib import Path
 
 _BUFFER = 65536
+
+
+def disk_full(exc: OSError) -> bool:
+    """Whether writing failed for want of space (answered 452 4.3.1, not 451)."""
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def new_id() -> str:

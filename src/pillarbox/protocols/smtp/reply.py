@@ -99,3 +99,5 @@ LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
 MAIL_LOOP = Reply(554, "5.4.6", "Too many hops: mail loop detected (RFC 5321 6.3)")
 RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
 NO_SUCH_USER = Reply(550, "5.1.1", "No such user here")
+# RFC 3463 X.2.2 mailbox full; transient (RFC 5321 4.2.2), so the sender retries.
+MAILBOX_FULL = Reply(452, "4.2.2", "Mailbox full")

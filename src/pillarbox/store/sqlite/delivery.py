@@ -1,0 +1,116 @@
+"""The SQL of local delivery: one batch inside the caller's SQLite transaction.
+
+``pillarbox.deliver.local`` holds the policy (who a recipient is, one copy
+per account, what a failure means) and talks to ``LocalDelivery`` of
+``pillarbox.store.base``; this is its SQLite implementation.  Work is done in
+bulk, because the queue manager delivers hundreds of entries per commit:
+entries and recipients are read with one query per 400 ids, UIDs are handed
+out in memory, and each mailbox's counters are written once in ``flush()``.
+
+UIDs and MODSEQs are safe to hand out in memory because the batch runs in
+one write transaction (``BEGIN IMMEDIATE``): no other writer can append to
+the same mailbox before it commits (RFC 9051 2.3.1.1: UIDs strictly
+ascending).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import TYPE_CHECKING
+
+from pillarbox.store.base import PendingEntry
+from pillarbox.store.directory import Directory
+
+if TYPE_CHECKING:
+    from pillarbox.store.sqlite.store import SQLiteStore
+
+_CHUNK = 400   # ids per IN (...) list, below SQLite's variable limit
+
+
+class SQLiteDelivery:
+    """``LocalDelivery`` on one SQLite connection that is inside a transaction."""
+
+    def __init__(self, store: SQLiteStore, conn: sqlite3.Connection) -> None:
+        self._store = store
+        self._conn = conn
+        self._mailboxes: dict[int, list[int]] = {}   # account -> [mailbox id, uidnext, modseq]
+        self._messages: list[tuple[object, ...]] = []
+        self._settled: list[tuple[str, str, str, int]] = []
+        self._finished: list[tuple[str]] = []
+        self._refs: list[tuple[int, str]] = []
+
+    def directory(self) -> Directory:
+        return self._store.directory(self._conn)
+
+    def pending(self, queue_ids: list[str]) -> dict[str, PendingEntry]:
+        heads: dict[str, tuple[str, int, float]] = {}
+        recipients: dict[str, list[tuple[int, str]]] = {}
+        for start in range(0, len(queue_ids), _CHUNK):
+            chunk = queue_ids[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for qid, reverse_path, size, arrived in self._conn.execute(
+                f"SELECT id, reverse_path, size, arrived FROM queue WHERE id IN ({marks})", chunk
+            ):
+                heads[qid] = (reverse_path, size, arrived)
+            for qid, idx, address in self._conn.execute(
+                "SELECT queue_id, idx, address FROM recipients"
+                f" WHERE queue_id IN ({marks}) AND status = 'pending' ORDER BY queue_id, idx",
+                chunk,
+            ):
+                recipients.setdefault(qid, []).append((idx, address))
+        return {
+            qid: PendingEntry(qid, reverse_path, size, arrived, tuple(recipients.get(qid, ())))
+            for qid, (reverse_path, size, arrived) in heads.items()
+        }
+
+    def append_to_inbox(
+        self, account_id: int, queue_id: str, prefix: bytes, size: int,
+        internal_date: float, delivery: str,
+    ) -> int:
+        box = self._mailboxes.get(account_id)
+        if box is None:
+            box = self._mailboxes[account_id] = self._inbox(account_id)
+        uid, box[1] = box[1], box[1] + 1
+        box[2] += 1
+        self._messages.append(
+            (box[0], uid, queue_id, prefix, size, internal_date, box[2], delivery)
+        )
+        return uid
+
+    def settle(self, queue_id: str, idx: int, status: str, reply: str) -> None:
+        self._settled.append((status, reply, queue_id, idx))
+
+    def finish(self, queue_id: str, copies: int) -> None:
+        self._finished.append((queue_id,))
+        if copies != 1:   # the queue's reference goes, ``copies`` mailbox references come
+            self._refs.append((copies - 1, queue_id))
+
+    def flush(self) -> None:
+        conn = self._conn
+        conn.executemany(
+            "INSERT INTO messages (mailbox, uid, blob, prefix, size, internal_date, flags, modseq,"
+            " delivery) VALUES (?, ?, ?, ?, ?, ?, '', ?, ?)",
+            self._messages,
+        )
+        conn.executemany(
+            "UPDATE mailboxes SET uidnext = ?, highestmodseq = ? WHERE id = ?",
+            [(box[1], box[2], box[0]) for box in self._mailboxes.values()],
+        )
+        conn.executemany(
+            "UPDATE recipients SET status = ?, last_reply = ? WHERE queue_id = ? AND idx = ?",
+            self._settled,
+        )
+        conn.executemany("DELETE FROM recipients WHERE queue_id = ?", self._finished)
+        conn.executemany("DELETE FROM queue WHERE id = ?", self._finished)
+        conn.executemany("UPDATE blobs SET refs = refs + ? WHERE id = ?", self._refs)
+        self._messages, self._settled, self._finished, self._refs = [], [], [], []
+
+    def _inbox(self, account_id: int) -> list[int]:
+        row = self._conn.execute(
+            "SELECT id, uidnext, highestmodseq FROM mailboxes WHERE account = ? AND name = 'INBOX'",
+            (account_id,),
+        ).fetchone()
+        if row is None:
+            mailbox_id = self._store.create_mailbox(self._conn, account_id, "INBOX", None)
+            row = (mailbox_id, 1, 1)
+        return list(row)
