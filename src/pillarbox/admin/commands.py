@@ -9,7 +9,8 @@ store.  They never print: they return values or raise
     StoreError      the store refused (NotFound, AlreadyExists, …)
 
 and the caller words the outcome for its audience.  Passwords arrive here
-in clear only to be hashed (argon2id, ``pillarbox.auth.passwords``).
+in clear only to be hashed (argon2id and SCRAM-SHA-256 secrets,
+``pillarbox.auth.passwords.make_secrets``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pillarbox.admin.names import (
     normalize_domain,
     unicode_domain,
 )
-from pillarbox.auth.passwords import hash_password
+from pillarbox.auth.passwords import make_secrets
 from pillarbox.store.base import Account, AlreadyExists, MailboxInfo, NotFound, QueueEntry
 from pillarbox.store.sqlite.store import SQLiteStore
 
@@ -137,12 +138,12 @@ def check_new_user(store: SQLiteStore, address: str) -> str:
 def add_user(store: SQLiteStore, address: str, password: str) -> Account:
     """Create an account with its default mailboxes (INBOX and the RFC 6154 ones)."""
     addr = check_new_user(store, address)
-    return store.add_account(addr, hash_password(password))
+    return store.add_account(addr, *make_secrets(password))
 
 
 def set_password(store: SQLiteStore, address: str, password: str) -> str:
     addr = normalize_address(address)
-    store.set_password(addr, hash_password(password))
+    store.set_password(addr, *make_secrets(password))
     return addr
 
 
@@ -292,14 +293,17 @@ def message_head(store: SQLiteStore, blob_id: str) -> tuple[Path, list[str] | No
     Lines are decoded as UTF-8 with replacement: headers may be 8-bit
     (RFC 6532) or broken, and a person reading them wants to see them anyway.
     """
-    location = store.blob_location(blob_id)
-    path, offset, size = location or (store.blobs.path(blob_id), 0, HEAD_MAX_BYTES)
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            data = f.read(min(size, HEAD_MAX_BYTES))
-    except FileNotFoundError:
-        return path, None
+    for attempt in range(2):   # once more if compaction moved it meanwhile
+        location = store.blob_location(blob_id)
+        path, offset, size = location or (store.blobs.path(blob_id), 0, HEAD_MAX_BYTES)
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                data = f.read(min(size, HEAD_MAX_BYTES))
+            break
+        except FileNotFoundError:
+            if attempt:
+                return path, None
     lines: list[str] = []
     for raw in data.split(b"\n"):
         line = raw.removesuffix(b"\r")
