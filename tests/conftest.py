@@ -43,10 +43,18 @@ class Server:
     def __init__(self, data_dir: Path, options: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
         self.port = free_port()
+        self.imap_port = free_port()
+        self.imaps_port = free_port()
+        self.pop3_port = free_port()
+        self.pop3s_port = free_port()
         self.options = {
             "server.data_dir": str(data_dir),
             "server.hostname": "mx.test",
             "smtp.listen": f"127.0.0.1:{self.port}",
+            "imap.listen": f"127.0.0.1:{self.imap_port}",
+            "imap.listen_tls": f"127.0.0.1:{self.imaps_port}",
+            "pop3.listen": f"127.0.0.1:{self.pop3_port}",
+            "pop3.listen_tls": f"127.0.0.1:{self.pop3s_port}",
             "server.workers": "1",
             **(options or {}),
         }
@@ -142,7 +150,7 @@ class Server:
 
 
 def add_account(data_dir: Path, address: str, password: str = "secret") -> None:
-    from pillarbox.auth.passwords import hash_password
+    from pillarbox.auth.passwords import make_secrets
     from pillarbox.store.base import AlreadyExists
     from pillarbox.store.sqlite.store import SQLiteStore
 
@@ -153,7 +161,7 @@ def add_account(data_dir: Path, address: str, password: str = "secret") -> None:
             store.add_domain(domain)
         except AlreadyExists:
             pass
-        store.add_account(address, hash_password(password))
+        store.add_account(address, *make_secrets(password))
     finally:
         store.close()
 

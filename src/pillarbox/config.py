@@ -620,6 +620,137 @@ class QueueConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class IMAPConfig:
+    """Reading mail over IMAP (RFC 9051 IMAP4rev2, RFC 3501 IMAP4rev1)."""
+
+    listen: tuple[tuple[str, int], ...] = _option(
+        _Listen(),
+        ["127.0.0.1:2143"],
+        "Addresses for IMAP with STARTTLS (RFC 9051 §6.2.1), as `\"host:port\"`; the "
+        "standard port is 143. An empty array: none.",
+    )
+    listen_tls: tuple[tuple[str, int], ...] = _option(
+        _Listen(),
+        ["127.0.0.1:2993"],
+        "Addresses for IMAP over implicit TLS (RFC 8314); the standard port is 993. "
+        "An empty array: none.",
+    )
+    max_line: int = _option(
+        _Size(1024),
+        65536,
+        "The longest command line a client may send, literals not counted "
+        "(RFC 7162 §4 asks for at least 8192 octets).",
+    )
+    max_literal: int = _option(
+        _Size(1024),
+        52428800,
+        "The largest message APPEND takes (advertised as APPENDLIMIT, RFC 7889). A larger "
+        "one is refused before it is read. Literals in other commands are bounded by "
+        "`max_line`.",
+    )
+    idle_timeout: float = _option(
+        _Duration(60),
+        1800,
+        "How long a session may stay silent, also in IDLE, before it is logged out "
+        "(RFC 9051 §5.4: at least 30 minutes).",
+    )
+    max_connections: int = _option(
+        _Int(1),
+        20000,
+        "IMAP connections open at once, for the whole server.",
+    )
+    max_connections_per_ip: int = _option(
+        _Int(1),
+        100,
+        "IMAP connections open at once from one client IP address.",
+    )
+    max_connections_per_account: int = _option(
+        _Int(1),
+        50,
+        "IMAP sessions logged in at once to one account; past it, a login is answered "
+        "`NO [LIMIT]`.",
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class POP3Config:
+    """Reading mail over POP3 (RFC 1939), from the INBOX."""
+
+    listen: tuple[tuple[str, int], ...] = _option(
+        _Listen(),
+        ["127.0.0.1:2110"],
+        "Addresses for POP3 with STLS (RFC 2595); the standard port is 110. An empty "
+        "array: none.",
+    )
+    listen_tls: tuple[tuple[str, int], ...] = _option(
+        _Listen(),
+        ["127.0.0.1:2995"],
+        "Addresses for POP3 over implicit TLS (RFC 8314); the standard port is 995. "
+        "An empty array: none.",
+    )
+    idle_timeout: float = _option(
+        _Duration(60),
+        600,
+        "How long a session may stay silent before it is closed "
+        "(RFC 1939 §3: at least 10 minutes).",
+    )
+    max_connections_per_ip: int = _option(
+        _Int(1),
+        50,
+        "POP3 connections open at once from one client IP address.",
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthConfig:
+    """Logging in: passwords and SASL, shared by IMAP, POP3 and submission."""
+
+    allow_plaintext_on_loopback: bool = _option(
+        _Bool(),
+        False,
+        "Allow passwords in clear text (LOGIN, USER/PASS, AUTH PLAIN, AUTH LOGIN) without "
+        "TLS when the client connects from a loopback address. For development only: "
+        "`pillarbox serve` without a configuration file turns it on; in production, "
+        "leave it off, so that passwords only ever travel encrypted.",
+    )
+    hash_workers: int = _option(
+        _Int(1, 64),
+        2,
+        "Password verifications (argon2id, 64 MiB each) that run at once in one "
+        "process; more logins wait their turn, so a burst costs time, not memory.",
+    )
+    cache_ttl: float = _option(
+        _Duration(0),
+        300,
+        "How long a verified password is remembered, so that a client that logs in "
+        "again and again is not hashed each time. Only a keyed digest is kept in "
+        "memory, and a changed password is never taken from the cache. `0`: no cache.",
+    )
+    max_failures_per_ip: int = _option(
+        _Int(1),
+        10,
+        "Failed logins from one client address within `failure_window` before further "
+        "attempts from it are refused without checking.",
+    )
+    max_failures_per_account: int = _option(
+        _Int(1),
+        20,
+        "Failed logins to one account within `failure_window` before further attempts "
+        "on it are refused without checking (from any address but loopback).",
+    )
+    failure_window: float = _option(
+        _Duration(1),
+        600,
+        "The period over which failed logins are counted.",
+    )
+    failure_delay: float = _option(
+        _Duration(0),
+        2,
+        "How long a failed login waits before it is answered; slows down guessing.",
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """The whole configuration; built by :func:`load_config`, passed to what needs it."""
 
@@ -629,6 +760,9 @@ class Config:
     tls: TLSConfig = field(default_factory=TLSConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
+    imap: IMAPConfig = field(default_factory=IMAPConfig)
+    pop3: POP3Config = field(default_factory=POP3Config)
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
     @property
     def workers_effective(self) -> int:

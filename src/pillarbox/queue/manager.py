@@ -18,6 +18,10 @@ A fresh entry is written with its first attempt a lease in the future, so the
 poll leaves it to the fast path; at start every active entry is made due, so
 nothing waits for a lease that no one holds any more.  Transient failures
 defer an entry with exponential back-off; after ``MAX_LIFETIME`` it is held.
+
+Off the delivery path, the manager also compacts segment files that
+expunges left sparse (``pillarbox.store.sqlite.compact``), a bounded amount
+per run.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ from pillarbox.log import log_event
 from pillarbox.queue.ipc import envelope_from_json, serve_requests
 from pillarbox.store.base import Delivered, Envelope
 from pillarbox.store.blobs import new_id, segment_separator, sync_file, write_segment
+from pillarbox.store.sqlite.compact import Compaction, CompactionReport
+from pillarbox.store.sqlite.delivery import SQLiteDelivery
 from pillarbox.store.sqlite.store import SQLiteStore, is_full
 
 BATCH = 500
@@ -45,6 +51,8 @@ LEASE_SECONDS = 60.0
 FIRST_RETRY = 300.0
 MAX_RETRY = 4 * 3600.0
 MAX_LIFETIME = 5 * 86400.0
+COMPACT_SECONDS = 300.0        # how often to look for sparse segments
+COMPACT_SOON = 5.0             # after our own collect_blobs, or when a run hit its bound
 
 log = logging.getLogger("pillarbox.queue")
 
@@ -88,6 +96,7 @@ class QueueManager:
         self._tasks: set[asyncio.Future[None]] = set()
         self._stopping = False
         self._server: asyncio.AbstractServer | None = None
+        self._compact_due = time.monotonic() + COMPACT_SOON
 
     # ----------------------------------------------------------------- intake
 
@@ -178,7 +187,7 @@ class QueueManager:
                 conn.execute("SAVEPOINT delivery")
                 try:
                     cycle.delivered, cycle.failures = deliver_batch(
-                        self.store, conn, fresh, self.delimiters
+                        SQLiteDelivery(self.store, conn), fresh, self.delimiters
                     )
                 except Exception as exc:  # noqa: BLE001 - transient: deferred below
                     conn.execute("ROLLBACK TO delivery")
@@ -257,7 +266,37 @@ class QueueManager:
                     pass
             except Exception:  # noqa: BLE001 - never let the manager die; retry next round
                 log.exception("queue run failed; retrying")
+            if time.monotonic() >= self._compact_due:
+                try:
+                    await self.compact()
+                except Exception:  # noqa: BLE001 - the space waits for the next run
+                    log.exception("segment compaction failed")
             await asyncio.sleep(POLL_SECONDS)
+
+    async def compact(self) -> CompactionReport | None:
+        """One bounded run of segment compaction (``pillarbox.store.sqlite.compact``).
+
+        Off the delivery path: planning, copying and fsyncing run on a
+        thread; only the repointing of rows goes through the committer, as a
+        job of its own between delivery commits.
+        """
+        store = self.store
+        self._compact_due = time.monotonic() + COMPACT_SECONDS
+        run = await asyncio.to_thread(Compaction.plan, store)
+        if run is None:
+            return None
+        await asyncio.to_thread(run.write)
+        try:
+            await asyncio.wrap_future(store.committer.submit(run.repoint))
+        except Exception:
+            await asyncio.to_thread(run.abandon)
+            raise
+        report = await asyncio.to_thread(run.finish)
+        if run.limited:
+            self._compact_due = time.monotonic() + COMPACT_SOON
+        log_event(log, "compacted", segments=report.segments, blobs=report.blobs,
+                  freed=report.freed, written=report.written)
+        return report
 
     async def run_once(self) -> int:
         """Deliver one batch of due entries; return how many were taken."""
@@ -274,7 +313,9 @@ class QueueManager:
         store = self.store
         try:
             delivered, failures = await asyncio.wrap_future(
-                store.committer.submit(lambda conn: deliver_batch(store, conn, ids, self.delimiters))
+                store.committer.submit(
+                    lambda conn: deliver_batch(SQLiteDelivery(store, conn), ids, self.delimiters)
+                )
             )
         except Exception as exc:  # noqa: BLE001 - transient: defer the whole batch
             log.warning("delivery batch failed, deferring %d entries: %s", len(ids), exc)
@@ -283,6 +324,12 @@ class QueueManager:
         self._report(delivered, failures)
 
     def _report(self, delivered: list[Delivered], failures: list[Failure]) -> None:
+        if delivered:
+            # Wake the IDLE sessions of the INBOXes that got mail, in every worker.
+            try:
+                self.store.notifier.publish(self.store.inbox_ids({d.account for d in delivered}))
+            except Exception:  # noqa: BLE001 - a hint only; the sessions' sweep catches up
+                log.warning("announcing deliveries failed", exc_info=True)
         for d in delivered:
             log_event(
                 log, "delivered", queue_id=d.queue_id, from_=f"<{d.sender}>", to=d.recipient,
@@ -295,8 +342,8 @@ class QueueManager:
                 to=f.recipient, status="bounced" if f.permanent else "deferred", reply=f.reply,
                 level=logging.WARNING,
             )
-        if failures:
-            self.store.collect_blobs()
+        if failures and self.store.collect_blobs():
+            self._compact_due = min(self._compact_due, time.monotonic() + COMPACT_SOON)
 
     async def _defer(self, ids: list[str], reply: str) -> None:
         now = time.time()

@@ -11,6 +11,10 @@ UIDs and MODSEQs are safe to hand out in memory because the batch runs in
 one write transaction (``BEGIN IMMEDIATE``): no other writer can append to
 the same mailbox before it commits (RFC 9051 2.3.1.1: UIDs strictly
 ascending).
+
+Quota usage is read once per account and batch (the sum over the account's
+messages, ~10 ms for 100,000 of them; accounts without limits skip it), and
+what the batch appends is added in memory, since nothing is flushed yet.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import sqlite3
 from typing import TYPE_CHECKING
 
-from pillarbox.store.base import PendingEntry
+from pillarbox.store.base import PendingEntry, Quota
 from pillarbox.store.directory import Directory
 
 if TYPE_CHECKING:
@@ -38,6 +42,8 @@ class SQLiteDelivery:
         self._settled: list[tuple[str, str, str, int]] = []
         self._finished: list[tuple[str]] = []
         self._refs: list[tuple[int, str]] = []
+        self._quotas: dict[int, Quota | None] = {}          # account -> as committed
+        self._added: dict[int, list[int]] = {}              # account -> [octets, messages]
 
     def directory(self) -> Directory:
         return self._store.directory(self._conn)
@@ -71,6 +77,9 @@ class SQLiteDelivery:
         if box is None:
             box = self._mailboxes[account_id] = self._inbox(account_id)
         uid, box[1] = box[1], box[1] + 1
+        added = self._added.setdefault(account_id, [0, 0])
+        added[0] += size
+        added[1] += 1
         box[2] += 1
         self._messages.append(
             (box[0], uid, queue_id, prefix, size, internal_date, box[2], delivery)
@@ -79,6 +88,20 @@ class SQLiteDelivery:
 
     def settle(self, queue_id: str, idx: int, status: str, reply: str) -> None:
         self._settled.append((status, reply, queue_id, idx))
+
+    def quota(self, account_id: int) -> Quota | None:
+        if account_id not in self._quotas:
+            self._quotas[account_id] = self._store.quota_if_limited(account_id, self._conn)
+        q = self._quotas[account_id]
+        if q is None:
+            return None
+        octets, count = self._added.get(account_id, (0, 0))
+        return Quota(q.storage_used + octets, q.storage_limit,
+                     q.messages_used + count, q.messages_limit)
+
+    def keep(self, queue_id: str, copies: int) -> None:
+        if copies:   # the queue keeps its reference; the new copies add theirs
+            self._refs.append((copies, queue_id))
 
     def finish(self, queue_id: str, copies: int) -> None:
         self._finished.append((queue_id,))

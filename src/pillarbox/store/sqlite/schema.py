@@ -1,5 +1,9 @@
 """The SQLite schema of the embedded store (one file, WAL mode).
 
+``SCHEMA`` is version 1; ``MIGRATIONS[n]`` takes a database from version
+``n - 1`` to ``n``.  A new database is made as version 1 and migrated, so the
+path an old data directory takes is the one every test takes.
+
 Names follow the mail domain: a queue entry has an envelope (reverse path,
 DSN parameters) and recipients, each with its own state; a mailbox has
 UIDVALIDITY, UIDNEXT and HIGHESTMODSEQ (RFC 9051 2.3.1.1, RFC 7162); a
@@ -7,7 +11,7 @@ message in a mailbox has a UID, flags, a MODSEQ, an internal date and a size,
 and points at a shared blob.
 """
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -104,3 +108,60 @@ CREATE TABLE IF NOT EXISTS messages (
     PRIMARY KEY (mailbox, uid)
 ) WITHOUT ROWID;
 """
+
+
+# Each entry takes the schema from the version before it to its own number.
+MIGRATIONS: dict[int, str] = {
+    2: """
+-- Mail access (IMAP, POP3) and SASL.
+-- SCRAM-SHA-256 secrets (RFC 5802 3, RFC 7677), kept beside the argon2id hash:
+-- 'SCRAM-SHA-256$<iterations>$<salt b64>$<StoredKey b64>$<ServerKey b64>'.
+-- NULL for an account whose password was set before they existed: it logs in
+-- with PLAIN and LOGIN until its password is set again.
+ALTER TABLE accounts ADD COLUMN scram TEXT;
+-- Quota (RFC 9208): STORAGE in octets and MESSAGE count; NULL is no limit.
+ALTER TABLE accounts ADD COLUMN quota_storage INTEGER;
+ALTER TABLE accounts ADD COLUMN quota_messages INTEGER;
+
+-- Keywords ever set in the mailbox, space separated, for the FLAGS response.
+ALTER TABLE mailboxes ADD COLUMN keywords TEXT NOT NULL DEFAULT '';
+-- IMAP4rev1's \\Recent (RFC 3501 2.3.2): UIDs from here on are recent for the
+-- next session that selects the mailbox read-write, which moves it up.
+ALTER TABLE mailboxes ADD COLUMN first_recent_uid INTEGER NOT NULL DEFAULT 1;
+-- RFC 8514 SAVEDATE: when the message was put into this mailbox.
+ALTER TABLE messages ADD COLUMN savedate REAL;
+CREATE INDEX IF NOT EXISTS messages_modseq ON messages (mailbox, modseq);
+
+-- Subscriptions are names, not mailboxes: a name can stay subscribed after
+-- its mailbox is deleted (RFC 9051 6.3.7).
+CREATE TABLE IF NOT EXISTS subscriptions (
+    account INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    PRIMARY KEY (account, name)
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO subscriptions (account, name)
+    SELECT account, name FROM mailboxes WHERE subscribed = 1;
+
+-- Expunged UIDs with the MODSEQ of their expunge, for QRESYNC's VANISHED
+-- (RFC 7162 3.2.5.1).  Kept while the mailbox lives.
+CREATE TABLE IF NOT EXISTS expunged (
+    mailbox INTEGER NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
+    uid INTEGER NOT NULL,
+    modseq INTEGER NOT NULL,
+    PRIMARY KEY (mailbox, uid)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS expunged_modseq ON expunged (mailbox, modseq);
+
+-- What IMAP FETCH, SEARCH, SORT and THREAD would otherwise parse the blob
+-- for, per blob (every copy of a message shares it): filled lazily by the
+-- first session that needs it.  ENVELOPE and BODYSTRUCTURE as sent on the
+-- wire; 'sort' is a JSON object of the header values SORT and THREAD use.
+CREATE TABLE IF NOT EXISTS blob_cache (
+    blob TEXT PRIMARY KEY,
+    envelope BLOB,
+    bodystructure BLOB,
+    body BLOB,
+    sort TEXT
+) WITHOUT ROWID;
+""",
+}

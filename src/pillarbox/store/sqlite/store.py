@@ -24,8 +24,8 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
-from pillarbox.deliver.recipients import Directory
 from pillarbox.store.base import (
     Account,
     AlreadyExists,
@@ -37,9 +37,12 @@ from pillarbox.store.base import (
     StorageFull,
     StoreError,
 )
-from pillarbox.store.blobs import BlobStore, BlobWriter
+from pillarbox.store.blobs import BlobStore, BlobWriter, disk_full
+from pillarbox.store.directory import Directory
+from pillarbox.store.lock import DataDirLock
 from pillarbox.store.sqlite.groupcommit import GroupCommitter
-from pillarbox.store.sqlite.schema import SCHEMA, SCHEMA_VERSION
+from pillarbox.store.sqlite.mail import MailStoreMixin
+from pillarbox.store.sqlite.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
 
 # RFC 6154 special-use mailboxes every new account gets, besides INBOX.
 DEFAULT_MAILBOXES = (
@@ -52,17 +55,21 @@ DEFAULT_MAILBOXES = (
 )
 
 
+def _statements(script: str) -> list[str]:
+    """The statements of a migration script (no ';' inside its literals)."""
+    lines = [line for line in script.splitlines() if not line.lstrip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
 def is_full(exc: BaseException) -> bool:
     if isinstance(exc, OSError):
-        import errno
-
-        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        return disk_full(exc)
     if isinstance(exc, sqlite3.OperationalError):
         return "full" in str(exc).lower()
     return False
 
 
-class SQLiteStore:
+class SQLiteStore(MailStoreMixin):
     """The store of one data directory."""
 
     def __init__(self, data_dir: Path) -> None:
@@ -83,13 +90,39 @@ class SQLiteStore:
         conn = self.connect()
         try:
             conn.executescript(SCHEMA)
-            conn.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-                (str(SCHEMA_VERSION),),
-            )
+            conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1')")
+            self._migrate(conn)
         finally:
             conn.close()
         return self
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        """Bring the schema up to ``SCHEMA_VERSION``, one migration per transaction."""
+        version = int(conn.execute(
+            "SELECT value FROM meta WHERE key = 'schema_version'"
+        ).fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"the database has schema version {version}, newer than this Pillarbox "
+                f"knows ({SCHEMA_VERSION}): run a newer Pillarbox"
+            )
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                current = int(conn.execute(
+                    "SELECT value FROM meta WHERE key = 'schema_version'"
+                ).fetchone()[0])
+                if current < target:   # another process may have migrated meanwhile
+                    for statement in _statements(MIGRATIONS[target]):
+                        conn.execute(statement)
+                    conn.execute(
+                        "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(target),)
+                    )
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     def connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -119,6 +152,9 @@ class SQLiteStore:
         return self._committer
 
     def close(self) -> None:
+        if self._notifier is not None:
+            self._notifier.close()
+            self._notifier = None
         if self._committer is not None:
             self._committer.close()
             self._committer = None
@@ -190,15 +226,16 @@ class SQLiteStore:
             conn.execute("DELETE FROM aliases WHERE domain = ?", (name,))
             conn.execute("DELETE FROM domains WHERE name = ?", (name,))
 
-    def add_account(self, address: str, password_hash: str) -> Account:
+    def add_account(self, address: str, password_hash: str, scram: str | None = None) -> Account:
         local, _, domain = address.rpartition("@")
         with self.transaction() as conn:
             if conn.execute("SELECT 1 FROM domains WHERE name = ?", (domain,)).fetchone() is None:
                 raise NotFound(f"{domain} is not a local domain; add it with 'pillarbox domain add'")
             try:
                 cur = conn.execute(
-                    "INSERT INTO accounts (address, domain, password, created) VALUES (?, ?, ?, ?)",
-                    (address, domain, password_hash, time.time()),
+                    "INSERT INTO accounts (address, domain, password, scram, created)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (address, domain, password_hash, scram, time.time()),
                 )
             except sqlite3.IntegrityError:
                 raise AlreadyExists(f"account {address} already exists") from None
@@ -206,6 +243,10 @@ class SQLiteStore:
             assert account_id is not None
             for name, special in DEFAULT_MAILBOXES:
                 self.create_mailbox(conn, account_id, name, special)
+                conn.execute(
+                    "INSERT OR IGNORE INTO subscriptions (account, name) VALUES (?, ?)",
+                    (account_id, name),
+                )
         return Account(account_id, address, domain)
 
     def create_mailbox(
@@ -239,10 +280,12 @@ class SQLiteStore:
         ).fetchone()
         return row[0] if row else None
 
-    def set_password(self, address: str, password_hash: str) -> None:
+    def set_password(self, address: str, password_hash: str, scram: str | None = None) -> None:
+        # The SCRAM secrets are replaced too: old ones would still take the old password.
         with self.transaction() as conn:
             cur = conn.execute(
-                "UPDATE accounts SET password = ? WHERE address = ?", (password_hash, address)
+                "UPDATE accounts SET password = ?, scram = ? WHERE address = ?",
+                (password_hash, scram, address),
             )
             if cur.rowcount == 0:
                 raise NotFound(f"no account {address}")
@@ -307,6 +350,10 @@ class SQLiteStore:
 
     def new_blob(self, blob_id: str) -> BlobWriter:
         return self.blobs.writer(blob_id)
+
+    def spool_free_space(self) -> int:
+        st = os.statvfs(self.data_dir)
+        return st.f_bavail * st.f_frsize
 
     @staticmethod
     def insert_entry(
@@ -419,16 +466,33 @@ class SQLiteStore:
         segment, offset, size = row
         return self.blobs.path(segment or blob_id), offset, size
 
+    def open_blob(self, blob_id: str) -> tuple[BinaryIO, int, int]:
+        """An open file holding the blob's bytes at (offset, size); the caller closes it.
+
+        Compaction (``store/sqlite/compact.py``) may move a blob into a new
+        segment and unlink the old file between our lookup and our open.  It
+        commits the move before the unlink, so looking up again finds the new
+        place.  Once open, the file stays readable whatever happens to its name.
+        """
+        for attempt in range(3):
+            location = self.blob_location(blob_id)
+            if location is None:
+                raise NotFound(f"no blob {blob_id}")
+            path, offset, size = location
+            try:
+                return open(path, "rb"), offset, size
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise StoreError(f"blob {blob_id}: its file {path} is missing") from None
+        raise AssertionError("unreachable")
+
     def read_blob(self, blob_id: str) -> bytes:
-        location = self.blob_location(blob_id)
-        if location is None:
-            raise NotFound(f"no blob {blob_id}")
-        path, offset, size = location
-        with open(path, "rb") as f:
+        f, offset, size = self.open_blob(blob_id)
+        with f:
             f.seek(offset)
             data = f.read(size)
         if len(data) != size:
-            raise StoreError(f"blob {blob_id} is truncated in {path}")
+            raise StoreError(f"blob {blob_id} is truncated in {f.name}")
         return data
 
     def collect_blobs(self) -> int:
@@ -436,7 +500,18 @@ class SQLiteStore:
 
         A blob of its own goes with its file; a segment file goes when the
         last blob in it goes.  (The space of a dead message inside a live
-        segment stays until then.)
+        segment stays until then, or until compaction moves the live ones
+        out: ``store/sqlite/compact.py``.)
+
+        Safe beside a running server, from any process: it removes only
+        files that rows name, never a file found on disk.  A blob or segment
+        being written has no row until the commit that follows its fsync,
+        and nothing ever adds a row to an existing segment (the queue
+        manager and compaction write each into a file with a fresh id), so a
+        segment with no row left here stays without one; a row with
+        refs <= 0 is never referenced again (refs grow only from a live
+        queue entry or mailbox copy).  Files with no row are the business of
+        ``collect_orphans``, under the lock.
         """
         with self.transaction() as conn:
             dead = conn.execute("SELECT id, segment FROM blobs WHERE refs <= 0").fetchall()
@@ -451,12 +526,22 @@ class SQLiteStore:
             self.blobs.remove(name)
         return len(dead)
 
-    def collect_orphans(self, older_than: float = 0.0) -> int:
+    def collect_orphans(self, lock: DataDirLock | None = None, older_than: float = 0.0) -> int:
         """Remove blob files with no row: messages whose session died before its 250.
 
-        Run at start, before any session, so no blob being written is touched.
-        ``older_than`` spares files modified after that time.
+        Also the leftovers of a crash during compaction (a new segment whose
+        rows were never repointed, or an old one after they were).  A blob
+        being written has a file and no row yet, so this must never run
+        beside a server: it runs under the data directory's lock, the one
+        ``serve`` holds (``lock``) or, without one, a lock taken here, which
+        raises ``DataDirBusy`` while a server runs.  ``older_than`` spares
+        files modified after that time.
         """
+        if lock is None:
+            with DataDirLock(self.data_dir) as own:
+                return self.collect_orphans(own, older_than)
+        if not lock.held or lock.data_dir != self.data_dir.resolve():
+            raise StoreError(f"collect_orphans needs the lock of {self.data_dir.resolve()}")
         known = {
             r[0] or r[1]
             for r in self.reader.execute("SELECT DISTINCT segment, id FROM blobs")

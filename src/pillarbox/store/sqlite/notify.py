@@ -1,0 +1,110 @@
+"""The local notification channel: "mailbox N changed", to every process.
+
+A delivery by the queue manager, an IMAP write in one worker, an import by
+the CLI: each must reach the IDLE sessions of every worker within a second
+(DESIGN.md, processes and cores).  Each listening process binds a Unix
+datagram socket in Linux's abstract namespace (no path-length limit, nothing
+to clean up when the process dies) and leaves a marker file named after it
+in ``<data_dir>/run/notify/``; a writer sends one datagram, the ids of the
+changed mailboxes, to every marker's socket.  A marker whose socket refuses
+(its process is gone) is removed by the first writer that finds it.
+
+Datagrams are hints, never the truth: a listener re-reads the mailbox from
+the store.  A full socket buffer drops a datagram (the sender never waits);
+listeners therefore also sweep their mailboxes now and then
+(``pillarbox.access.imap.hub``), so a lost hint costs latency, not mail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import secrets
+import socket
+from collections.abc import Iterable
+from pathlib import Path
+
+_MAX_IDS_PER_DATAGRAM = 4000
+
+
+def _namespace(directory: Path) -> bytes:
+    digest = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:20]
+    return b"\0pillarbox/" + digest.encode() + b"/"
+
+
+class Notifier:
+    """Sends change hints to every listener of one data directory."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.directory = run_dir / "notify"
+        self._prefix = b""
+        self._sock: socket.socket | None = None
+
+    def _socket(self) -> socket.socket:
+        if self._sock is None:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            self._sock.setblocking(False)
+            self._prefix = _namespace(self.directory)
+        return self._sock
+
+    def publish(self, mailbox_ids: Iterable[int]) -> None:
+        ids = sorted(set(mailbox_ids))
+        if not ids:
+            return
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return
+        sock = self._socket()
+        for start in range(0, len(ids), _MAX_IDS_PER_DATAGRAM):
+            payload = " ".join(map(str, ids[start:start + _MAX_IDS_PER_DATAGRAM])).encode()
+            for name in names:
+                try:
+                    sock.sendto(payload, self._prefix + name.encode())
+                except OSError as exc:
+                    if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
+                        with contextlib.suppress(OSError):
+                            os.unlink(self.directory / name)
+                    # EAGAIN: that listener is congested; its sweep catches up.
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+class Listener:
+    """This process's inbox of change hints; read it when ``fileno()`` is readable."""
+
+    def __init__(self, run_dir: Path) -> None:
+        directory = run_dir / "notify"
+        directory.mkdir(parents=True, exist_ok=True)
+        self.name = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self.marker = directory / self.name
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        self.sock.bind(_namespace(directory) + self.name.encode())
+        self.sock.setblocking(False)
+        self.marker.touch()
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def read(self) -> set[int]:
+        """Every mailbox id waiting in the socket (empty when none)."""
+        ids: set[int] = set()
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return ids
+            for word in data.split():
+                if word.isdigit():
+                    ids.add(int(word))
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(self.marker)
+        self.sock.close()
