@@ -1,0 +1,1 @@
+"""POP3 (RFC 1939) with CAPA (RFC 2449), STLS (RFC 2595), AUTH (RFC 5034), sans-IO."""
