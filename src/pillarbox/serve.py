@@ -1,8 +1,9 @@
 """``pillarbox serve``: the only place where the parts are wired together.
 
 Python runs one thread of bytecode per process, so Pillarbox uses processes
-(DESIGN.md, processes and cores): this supervisor opens the store, binds the
-listening sockets, then forks
+(DESIGN.md, processes and cores): this supervisor takes the data directory's
+lock (``pillarbox.store.lock``), opens the store, binds the listening
+sockets, then forks
 
 - ``workers`` protocol workers, which all accept from the same sockets, and
 - one queue manager, which delivers what the workers queued.
@@ -23,12 +24,14 @@ import signal
 import socket
 import sys
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
 from pillarbox.config import Config
 from pillarbox.log import log_event, setup_logging
 from pillarbox.net.limits import ConnectionLimiter
+from pillarbox.store.lock import DataDirBusy, DataDirLock
 from pillarbox.store.sqlite.store import SQLiteStore
 
 log = logging.getLogger("pillarbox.serve")
@@ -71,7 +74,7 @@ def ensure_dev_defaults(store: SQLiteStore) -> str:
     The demo password is made once and kept in ``demo-password`` (mode 0600)
     in the data directory, so every start can print it.
     """
-    from pillarbox.auth.passwords import hash_password
+    from pillarbox.auth.passwords import make_secrets
     from pillarbox.store.base import AlreadyExists
 
     secret_file = store.data_dir / "demo-password"
@@ -79,7 +82,7 @@ def ensure_dev_defaults(store: SQLiteStore) -> str:
         store.add_domain(DEV_DOMAIN)
     if store.get_password_hash(DEV_ACCOUNT) is None:
         password = secrets.token_urlsafe(12)
-        store.add_account(DEV_ACCOUNT, hash_password(password))
+        store.add_account(DEV_ACCOUNT, *make_secrets(password))
         fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(password + "\n")
@@ -96,8 +99,6 @@ def ensure_dev_defaults(store: SQLiteStore) -> str:
 def tls_context(config: Config):  # type: ignore[no-untyped-def]
     from pillarbox.net.tls import ensure_self_signed, server_context
 
-    if not config.smtp.starttls:
-        return None
     if config.tls.certificate and config.tls.private_key:
         return server_context(config.tls.certificate, config.tls.private_key)
     cert, key = ensure_self_signed(config.server.data_dir / "tls", config.server.hostname)
@@ -105,10 +106,14 @@ def tls_context(config: Config):  # type: ignore[no-untyped-def]
 
 
 def serve(config: Config, *, dev_mode: bool = False) -> int:
+    # First of all, own the data directory: start-up clean-up against a
+    # directory another server is using would remove its uncommitted blobs.
+    # The lock is held until this supervisor returns; children inherit it.
+    lock = own_data_dir(config.server.data_dir)
     setup_logging(config.log.format, config.log.level, config.log.file)
     store = SQLiteStore(config.server.data_dir).open()
     password = ensure_dev_defaults(store) if dev_mode else None
-    orphans = store.collect_orphans()
+    orphans = store.collect_orphans(lock)
     store.collect_blobs()
     store.close()
     if orphans:
@@ -117,10 +122,18 @@ def serve(config: Config, *, dev_mode: bool = False) -> int:
     # Fail early on a bad certificate, and make the development one once,
     # here, rather than in each worker at the same time.
     tls_context(config)
-    listeners = bind_listeners(config.smtp.listen)
+    listeners = Listeners.bind(config)
     workers = config.workers_effective
     limiter = ConnectionLimiter(
         config.smtp.max_connections, config.smtp.max_connections_per_ip, workers
+    )
+    limiters = Limiters(
+        smtp=limiter,
+        imap=ConnectionLimiter(config.imap.max_connections, config.imap.max_connections_per_ip,
+                               workers),
+        accounts=ConnectionLimiter(1 << 30, config.imap.max_connections_per_account, workers),
+        pop3=ConnectionLimiter(config.imap.max_connections, config.pop3.max_connections_per_ip,
+                               workers),
     )
     _drop_privileges(config.server.user, config.server.data_dir)
     _announce(config, listeners, password, workers)
@@ -141,7 +154,7 @@ def serve(config: Config, *, dev_mode: bool = False) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         for child in children:
-            _start(child, config, listeners, limiter)
+            _start(child, config, listeners, limiters)
     except _Stop:
         pass
     while not stopping:
@@ -159,8 +172,8 @@ def serve(config: Config, *, dev_mode: bool = False) -> int:
                 if time.monotonic() - child.started < 5:
                     time.sleep(1)
                 if child.role == "worker":
-                    limiter.clear(child.index)
-                _start(child, config, listeners, limiter)
+                    limiters.clear(child.index)
+                _start(child, config, listeners, limiters)
     for child in children:
         if child.pid:
             try:
@@ -184,11 +197,64 @@ def serve(config: Config, *, dev_mode: bool = False) -> int:
                 except ProcessLookupError:
                     pass
     log_event(log, "stopped")
+    lock.release()
     return 0
 
 
-def _start(child: Child, config: Config, listeners: list[socket.socket],
-           limiter: ConnectionLimiter) -> None:
+def own_data_dir(data_dir: Path) -> DataDirLock:
+    """Take the data directory's lock, or leave at once naming the holder's PID."""
+    try:
+        return DataDirLock(data_dir).acquire()
+    except DataDirBusy as exc:
+        raise SystemExit(f"pillarbox: error: {exc}") from None
+    except OSError as exc:
+        raise SystemExit(
+            f"pillarbox: error: cannot lock the data directory {data_dir}: {exc.strerror}"
+        ) from None
+
+
+@dataclass(slots=True)
+class Listeners:
+    """The bound listening sockets, by service."""
+
+    smtp: list[socket.socket]
+    imap: list[socket.socket]
+    imaps: list[socket.socket]
+    pop3: list[socket.socket]
+    pop3s: list[socket.socket]
+
+    @classmethod
+    def bind(cls, config: Config) -> Listeners:
+        return cls(
+            bind_listeners(config.smtp.listen), bind_listeners(config.imap.listen),
+            bind_listeners(config.imap.listen_tls), bind_listeners(config.pop3.listen),
+            bind_listeners(config.pop3.listen_tls),
+        )
+
+    def all(self) -> list[socket.socket]:
+        return [*self.smtp, *self.imap, *self.imaps, *self.pop3, *self.pop3s]
+
+
+@dataclass(slots=True)
+class Limiters:
+    """Connection counters shared by the workers (``net/limits.py``)."""
+
+    smtp: ConnectionLimiter
+    imap: ConnectionLimiter
+    accounts: ConnectionLimiter     # IMAP sessions per account, keyed "account:<id>"
+    pop3: ConnectionLimiter
+
+    def bind(self, worker: int) -> None:
+        for limiter in (self.smtp, self.imap, self.accounts, self.pop3):
+            limiter.bind(worker)
+
+    def clear(self, worker: int) -> None:
+        for limiter in (self.smtp, self.imap, self.accounts, self.pop3):
+            limiter.clear(worker)
+
+
+def _start(child: Child, config: Config, listeners: Listeners,
+           limiters: Limiters) -> None:
     pid = os.fork()
     if pid:
         child.pid = pid
@@ -206,12 +272,12 @@ def _start(child: Child, config: Config, listeners: list[socket.socket],
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         if child.role == "queue":
-            for sock in listeners:
+            for sock in listeners.all():
                 sock.close()
             code = _run(_queue_main(config))
         else:
-            limiter.bind(child.index)
-            code = _run(_worker_main(config, listeners, limiter))
+            limiters.bind(child.index)
+            code = _run(_worker_main(config, listeners, limiters))
     except BaseException:  # noqa: BLE001 - report and leave the child
         log.exception("%s %d crashed", child.role, child.index)
     finally:
@@ -251,9 +317,7 @@ async def _queue_main(config: Config) -> int:
     return 0
 
 
-async def _worker_main(
-    config: Config, listeners: list[socket.socket], limiter: ConnectionLimiter
-) -> int:
+async def _worker_main(config: Config, listeners: Listeners, limiters: Limiters) -> int:
     from pillarbox.net.smtp import SMTPListenerConfig, SMTPProtocol
     from pillarbox.protocols.smtp.reply import SHUTTING_DOWN
     from pillarbox.protocols.smtp.server import Limits
@@ -295,8 +359,8 @@ async def _worker_main(
         ),
         command_timeout=smtp.command_timeout,
         data_timeout=smtp.data_timeout,
-        tls_context=tls_context(config),
-        limiter=limiter,
+        tls_context=tls_context(config) if smtp.starttls else None,
+        limiter=limiters.smtp,
     )
     loop = asyncio.get_running_loop()
     protocols: set[SMTPProtocol] = set()
@@ -306,7 +370,9 @@ async def _worker_main(
         protocols.add(proto)
         return proto
 
-    servers = [await loop.create_server(factory, sock=sock) for sock in listeners]
+    servers = [await loop.create_server(factory, sock=sock) for sock in listeners.smtp]
+    mail_access = await _start_mail_access(config, listeners, limiters, store)
+    servers += mail_access.servers
     stop = await _stop_event()
     while not stop.is_set():
         try:
@@ -327,10 +393,101 @@ async def _worker_main(
                 p.core.close(SHUTTING_DOWN)
                 p.transport.write(p.core.data_to_send())
             p.transport.close()
+    mail_access.shutdown()
     await asyncio.sleep(0.05)
     await client.close()
+    mail_access.close()
     store.close()
     return 0
+
+
+@dataclass(slots=True)
+class _MailAccess:
+    """The IMAP and POP3 side of one worker."""
+
+    servers: list[asyncio.Server]
+    imap: set  # type: ignore[type-arg]
+    hub: object
+    authenticator: object
+
+    pop3: weakref.WeakSet  # type: ignore[type-arg]
+
+    def shutdown(self) -> None:
+        for proto in list(self.imap):
+            proto.shutdown()
+        for proto in list(self.pop3):
+            proto.shutdown()
+
+    def close(self) -> None:
+        self.hub.close()  # type: ignore[attr-defined]
+        self.authenticator.close()  # type: ignore[attr-defined]
+
+
+async def _start_mail_access(config: Config, listeners: Listeners, limiters: Limiters,
+                             store: SQLiteStore) -> _MailAccess:
+    """IMAP (RFC 9051) and POP3 (RFC 1939) listeners of one worker."""
+    from pillarbox.access.imap.hub import Hub
+    from pillarbox.access.imap.session import IMAPContext
+    from pillarbox.access.pop3 import POP3Context, POP3Settings
+    from pillarbox.auth.service import Authenticator
+    from pillarbox.net.imap import IMAPListenerConfig, IMAPProtocol
+    from pillarbox.net.pop3 import POP3ListenerConfig, POP3Protocol
+    from pillarbox.protocols.imap.server import Limits as IMAPLimits
+    from pillarbox.store.sqlite.notify import Listener
+
+    loop = asyncio.get_running_loop()
+    tls = tls_context(config)
+    authenticator = Authenticator.from_config(config.auth, store.credentials)
+    hub = Hub(Listener(store.run_dir), store)
+    hub.start()
+    imap_ctx = IMAPContext(
+        store=store, authenticator=authenticator, hub=hub, hostname=config.server.hostname,
+        appendlimit=config.imap.max_literal,
+        allow_plaintext_on_loopback=config.auth.allow_plaintext_on_loopback,
+        account_limiter=limiters.accounts,
+    )
+    # Literals of commands other than APPEND are bounded like a line.
+    imap_limits = IMAPLimits(max_line=config.imap.max_line, max_literal=config.imap.max_line,
+                             appendlimit=config.imap.max_literal,
+                             max_command=max(2 * config.imap.max_literal, 104857600))
+    sessions: set[IMAPProtocol] = set()
+
+    def imap_factory(implicit: bool):  # type: ignore[no-untyped-def]
+        cfg = IMAPListenerConfig(imap_limits, config.imap.idle_timeout, tls,
+                                 implicit_tls=implicit, limiter=limiters.imap)
+
+        def make() -> IMAPProtocol:
+            proto = IMAPProtocol(imap_ctx, cfg, sessions)
+            return proto
+
+        return make
+
+    pop3_ctx = POP3Context(store, authenticator, config.server.hostname,
+                           POP3Settings(lock_dir=store.run_dir / "pop3"))
+
+    pop3_sessions: weakref.WeakSet[POP3Protocol] = weakref.WeakSet()
+
+    def pop3_factory(implicit: bool):  # type: ignore[no-untyped-def]
+        cfg = POP3ListenerConfig(tls_context=tls, implicit_tls=implicit,
+                                 idle_timeout=config.pop3.idle_timeout, limiter=limiters.pop3)
+
+        def make() -> POP3Protocol:
+            proto = POP3Protocol(pop3_ctx, cfg)
+            pop3_sessions.add(proto)
+            return proto
+
+        return make
+
+    servers: list[asyncio.Server] = []
+    for sock in listeners.imap:
+        servers.append(await loop.create_server(imap_factory(False), sock=sock))
+    for sock in listeners.imaps:
+        servers.append(await loop.create_server(imap_factory(True), sock=sock, ssl=tls))
+    for sock in listeners.pop3:
+        servers.append(await loop.create_server(pop3_factory(False), sock=sock))
+    for sock in listeners.pop3s:
+        servers.append(await loop.create_server(pop3_factory(True), sock=sock, ssl=tls))
+    return _MailAccess(servers, sessions, hub, authenticator, pop3_sessions)
 
 
 def _preload() -> None:
@@ -340,6 +497,13 @@ def _preload() -> None:
     (a root-only pyenv) could no longer import lazily.
     """
     import concurrent.futures.thread  # noqa: F401
+    import zlib  # noqa: F401
+
+    import pillarbox.access.imap.session  # noqa: F401
+    import pillarbox.access.pop3  # noqa: F401
+    import pillarbox.auth.service  # noqa: F401
+    import pillarbox.net.imap  # noqa: F401
+    import pillarbox.net.pop3  # noqa: F401
     import pillarbox.net.smtp  # noqa: F401
     import pillarbox.queue.ipc  # noqa: F401
     import pillarbox.queue.manager  # noqa: F401
@@ -372,18 +536,27 @@ def _drop_privileges(user: str, data_dir: Path) -> None:
     os.setuid(entry.pw_uid)
 
 
-def _announce(config: Config, listeners: list[socket.socket], password: str | None,
+def _announce(config: Config, listeners: Listeners, password: str | None,
               workers: int) -> None:
     lines = [f"Pillarbox {_version()} serving {config.server.hostname}"]
     lines.append(f"  data:   {Path(config.server.data_dir).resolve()}")
-    for sock in listeners:
+    def where(sock: socket.socket) -> str:
         host, port = sock.getsockname()[:2]
-        lines.append(f"  SMTP:   {host}:{port} (STARTTLS {'on' if config.smtp.starttls else 'off'})")
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    for sock in listeners.smtp:
+        lines.append(f"  SMTP:   {where(sock)} (STARTTLS {'on' if config.smtp.starttls else 'off'})")
+    for label, socks, how in (("IMAP", listeners.imap, "STARTTLS"),
+                              ("IMAPS", listeners.imaps, "implicit TLS"),
+                              ("POP3", listeners.pop3, "STLS"),
+                              ("POP3S", listeners.pop3s, "implicit TLS")):
+        for sock in socks:
+            lines.append(f"  {label + ':':<7} {where(sock)} ({how})")
     lines.append(f"  workers: {workers} protocol worker(s) + 1 queue manager")
     if password is not None:
         lines.append(f"  demo account: {DEV_ACCOUNT}  password: {password}")
-        if listeners:
-            host, port = listeners[0].getsockname()[:2]
+        if listeners.smtp:
+            host, port = listeners.smtp[0].getsockname()[:2]
             lines.append(
                 f"  try: swaks --server {host}:{port} --to {DEV_ACCOUNT} "
                 f"--from you@example.org"

@@ -229,7 +229,9 @@ def test_compress() -> None:
 )
 def test_mailbox_names_modified_utf7(name: bytes, mailbox: str | None) -> None:
     if mailbox is None:
-        assert "not valid modified UTF-7" in err(b"a DELETE " + name).text
+        # Not valid modified UTF-7: the name is taken literally (Dovecot does
+        # too), so that SELECT answers NO rather than BAD.
+        assert p(b"a DELETE " + name) == c.Delete("a", name.decode())
     else:
         assert p(b"a DELETE " + name) == c.Delete("a", mailbox)
 
@@ -253,8 +255,7 @@ def test_mailbox_name_errors() -> None:
         "Mailbox name has 8-bit octets: use modified UTF-7 (RFC 3501 §5.1.3) or"
         " ENABLE UTF8=ACCEPT")
     assert err(b"a DELETE \xff", utf8=True).text == "Mailbox name is not valid UTF-8"
-    assert err(b"a DELETE Tom&Jerry").text == (
-        "Mailbox name is not valid modified UTF-7: '&' without its closing '-'")
+    assert p(b"a DELETE Tom&Jerry") == c.Delete("a", "Tom&Jerry")
     assert err(b"a DELETE {3}\r\na\rb").text == "Mailbox name contains control characters"
     assert err(b"a DELETE a&AAk-b").text == "Mailbox name contains control characters"
     assert err(b"a DELETE a%").text.startswith("Unexpected characters")

@@ -21,7 +21,7 @@ import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ..mime.addresses import Mailbox, parse_mailbox_list
+from ..mime.addresses import Group, Mailbox, parse_address_list
 from ..mime.dates import parse_date
 from ..mime.headers import decode_text, decode_words, unfold
 from ..mime.imap import bodystructure, envelope
@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 #: Bumped whenever what is stored changes; rows of another version are recomputed.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 #: ``(envelope, bodystructure, body, sort_json)``: a ``blob_cache`` row without its key.
 CacheRow = tuple[bytes, bytes, bytes, str]
@@ -200,8 +200,16 @@ def _titlecase(text: str) -> str:
 # --- addresses (RFC 5256 §3, RFC 5957 §3) -------------------------------------------
 
 def _first_mailbox(value: bytes | None) -> Mailbox | None:
-    boxes = parse_mailbox_list(value)
-    return boxes[0] if boxes else None
+    """The first address as the ENVELOPE lists it: a group counts as the mailbox of
+    its start marker, whose mailbox name is the group's name (RFC 9051 §7.5.2),
+    as Dovecot sorts it."""
+    addresses = parse_address_list(value)
+    if not addresses:
+        return None
+    first = addresses[0]
+    if isinstance(first, Group):
+        return Mailbox(None, None, first.name, None)
+    return first
 
 
 def _mailbox_key(mb: Mailbox | None) -> str:

@@ -32,7 +32,8 @@ import bisect
 from collections.abc import Callable, Container, Sequence
 from datetime import date
 
-from ..mime.headers import decode_words, text_codec, unfold
+from ..mime.addresses import Group, parse_address_list
+from ..mime.headers import decode_text, decode_words, text_codec, unfold
 from ..mime.parser import Part, parse
 from ..mime.text import decode_charset, message_text
 from ..protocols.imap.commands import SearchKey, SequenceSet
@@ -289,7 +290,9 @@ class _Compiler:
                 m.internal_date if m.savedate is None else m.savedate))
         if op in ("SENTBEFORE", "SENTON", "SENTSINCE"):
             return _CACHE, _compare(op[4:], _target_day(args[0]), _sent_day)
-        if op in ("FROM", "TO", "CC", "BCC", "SUBJECT"):
+        if op in ("FROM", "TO", "CC", "BCC"):
+            return _HEADERS, _address_pred(op, str(args[0]))
+        if op == "SUBJECT":
             return _HEADERS, _header_pred(op, str(args[0]))
         if op == "HEADER":
             return _HEADERS, _header_pred(str(args[0]), str(args[1]))
@@ -371,6 +374,38 @@ def _header_pred(field: str, value: str) -> Pred:
     def pred(s: int, m: MessageMeta, x: _Lazy) -> bool:
         for f in x.root(m).headers:
             if f.name.lower() == name and needle in f.text.casefold():
+                return True
+        return False
+
+    return pred
+
+
+def _address_text(value: bytes) -> str:
+    """The addresses of a field as the ENVELOPE has them, for substring matching:
+    ``display <local@domain>`` each, comments and routes gone (Dovecot matches
+    ``user@domain`` in ``<user (comment)@ (comment) domain>``)."""
+    out = []
+    for item in parse_address_list(value):
+        boxes = item.members if isinstance(item, Group) else [item]
+        if isinstance(item, Group):
+            out.append(decode_text(item.name))
+        for mb in boxes:
+            name = mb.display or ""
+            out.append(f"{name} <{decode_text(mb.mailbox or b'')}@"
+                       f"{decode_text(mb.domain or b'')}>")
+    return ", ".join(out)
+
+
+def _address_pred(field: str, value: str) -> Pred:
+    """FROM, TO, CC, BCC: the decoded field, or its addresses normalised."""
+    name = field.lower()
+    needle = value.casefold()
+
+    def pred(s: int, m: MessageMeta, x: _Lazy) -> bool:
+        for f in x.root(m).headers:
+            if f.name.lower() != name:
+                continue
+            if needle in f.text.casefold() or needle in _address_text(f.value).casefold():
                 return True
         return False
 

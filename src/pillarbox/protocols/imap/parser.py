@@ -288,7 +288,7 @@ def _list(r: Reader, tag: str, uid: bool) -> c.Command:
                 if not r.maybe(b" "):
                     break
             r.expect(b")", "Missing ')' after LIST selection options")
-        if "RECURSIVEMATCH" in selection and len(set(selection)) == 1:
+        if "RECURSIVEMATCH" in selection and not set(selection) - {"RECURSIVEMATCH", "REMOTE"}:
             raise r.error("RECURSIVEMATCH needs another selection option (RFC 5258 §3)")
         r.sp("LIST selection options")
     raw_ref = r.astring("reference name")

@@ -253,8 +253,11 @@ class Reader:
                     f"{_cap(what)} has 8-bit octets: use modified UTF-7 (RFC 3501 §5.1.3)"
                     " or ENABLE UTF8=ACCEPT"
                 ) from None
-            except MUTF7Error as exc:
-                raise self.error(f"{_cap(what)} is not valid modified UTF-7: {exc}") from None
+            except MUTF7Error:
+                # Not modified UTF-7: taken as it is, like Dovecot, so that
+                # SELECT answers NO (no such mailbox) rather than BAD, and a
+                # LIST pattern still matches what it literally says.
+                name = raw.decode("ascii")
         if not name.isprintable() and any(ch < " " or ch == "\x7f" for ch in name):
             # RFC 9051 §5.1: no control characters in mailbox names.
             raise self.error(f"{_cap(what)} contains control characters")
@@ -276,8 +279,8 @@ class Reader:
             return mutf7_decode(raw.decode("ascii"))
         except UnicodeDecodeError:
             raise self.error(f"{what} has 8-bit octets: use modified UTF-7") from None
-        except MUTF7Error as exc:
-            raise self.error(f"{what} is not valid modified UTF-7: {exc}") from None
+        except MUTF7Error:
+            return raw.decode("ascii")   # taken literally, as mailbox names are
 
     # ---------------------------------------------------------------- flags
 

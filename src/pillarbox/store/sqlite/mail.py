@@ -112,6 +112,8 @@ class MailStoreMixin:
         def committer(self) -> Any: ...
 
     _notifier: Notifier | None = None
+    # Cache rows handed to the committer and not yet committed, by blob.
+    _cache_inflight: dict[str, tuple[Any, ...]] | None = None
 
     # ------------------------------------------------------------------ helpers
 
@@ -302,6 +304,13 @@ class MailStoreMixin:
         out.sort(key=lambda m: m.uid)
         return out
 
+    def first_recent_uid(self, mailbox_id: int) -> int:
+        """The first UID no session has claimed as \\Recent yet (EXAMINE shows them)."""
+        row = self.reader.execute(
+            "SELECT first_recent_uid FROM mailboxes WHERE id = ?", (mailbox_id,)
+        ).fetchone()
+        return int(row[0]) if row else 1 << 62
+
     async def claim_recent(self, mailbox_id: int) -> tuple[int, int]:
         """Take the \\Recent UIDs of a mailbox for one session (RFC 3501 §2.3.2).
 
@@ -400,6 +409,15 @@ class MailStoreMixin:
                 f" WHERE blob IN ({marks})", chunk,
             ):
                 out[row[0]] = row[1:]
+        # A FETCH right after the one that parsed these must not parse them
+        # again while their rows wait for the group commit.
+        inflight = self._cache_inflight
+        if inflight:
+            for blob in blob_ids:
+                if blob not in out:
+                    row = inflight.get(blob)
+                    if row is not None:
+                        out[blob] = row
         return out
 
     def cache_put(self, rows: list[tuple[str, bytes, bytes, bytes, str]]) -> None:
@@ -414,7 +432,17 @@ class MailStoreMixin:
                 [(*r, r[0]) for r in rows],
             )
 
-        self.committer.submit(job)
+        if self._cache_inflight is None:
+            self._cache_inflight = {}
+        inflight = self._cache_inflight
+        for r in rows:
+            inflight[r[0]] = r[1:]
+
+        def committed(_: object) -> None:   # on the committer's thread; done or failed
+            for r in rows:
+                inflight.pop(r[0], None)
+
+        self.committer.submit(job).add_done_callback(committed)
 
     # ----------------------------------------------------------- mailbox writes
 

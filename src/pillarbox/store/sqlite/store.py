@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import secrets
 import sqlite3
 import threading
 import time
@@ -254,15 +253,38 @@ class SQLiteStore(MailStoreMixin):
     ) -> int:
         # UIDVALIDITY: a fresh value for each mailbox that is (re)created, so a
         # client never mistakes a new mailbox of the same name for the old one
-        # (RFC 9051 2.3.1.1).  Seconds plus randomness keep it unique.
-        uidvalidity = (int(time.time()) & 0x7FFFFF00) | secrets.randbits(8) or 1
-        cur = conn.execute(
-            "INSERT INTO mailboxes (account, name, special_use, uidvalidity, uidnext, highestmodseq)"
-            " VALUES (?, ?, ?, ?, 1, 1)",
-            (account_id, name, special, uidvalidity),
+        # (RFC 9051 2.3.1.1): the time in seconds, or one more than the last
+        # value handed out, whichever is larger, so values never repeat.
+        # Mailbox ids are never reused either (a session or a hint that names
+        # a deleted mailbox must not reach its successor): both counters live
+        # in ``meta``.
+        last_validity = self._counter(conn, "last_uidvalidity")
+        uidvalidity = max(int(time.time()), last_validity + 1) & 0xFFFFFFFF or 1
+        self._set_counter(conn, "last_uidvalidity", uidvalidity)
+        mailbox_id = max(
+            self._counter(conn, "last_mailbox_id"),
+            conn.execute("SELECT coalesce(max(id), 0) FROM mailboxes").fetchone()[0],
+        ) + 1
+        self._set_counter(conn, "last_mailbox_id", mailbox_id)
+        conn.execute(
+            "INSERT INTO mailboxes (id, account, name, special_use, uidvalidity, uidnext,"
+            " highestmodseq) VALUES (?, ?, ?, ?, ?, 1, 1)",
+            (mailbox_id, account_id, name, special, uidvalidity),
         )
-        assert cur.lastrowid is not None
-        return cur.lastrowid
+        return int(mailbox_id)
+
+    @staticmethod
+    def _counter(conn: sqlite3.Connection, key: str) -> int:
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return int(row[0]) if row else 0
+
+    @staticmethod
+    def _set_counter(conn: sqlite3.Connection, key: str, value: int) -> None:
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, str(value)),
+        )
 
     def list_accounts(self, domain: str | None = None) -> list[Account]:
         if domain:

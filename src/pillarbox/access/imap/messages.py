@@ -1,0 +1,501 @@
+"""IMAP commands on the messages of the selected mailbox: FETCH, STORE, SEARCH,
+SORT, THREAD, COPY, MOVE, EXPUNGE, CLOSE, UNSELECT.
+
+RFC 9051 §6.4, RFC 4315 (UIDPLUS), RFC 6851 (MOVE), RFC 7162 (CONDSTORE and
+QRESYNC), RFC 4731 / 5182 / 5267 (ESEARCH, SEARCHRES, ESORT), RFC 5256 (SORT,
+THREAD).  Rendering of FETCH items, search evaluation, sorting and threading
+are pure functions in ``pillarbox.access.fetch``/``search``/``sort``/``thread``;
+this module feeds them from the store and answers.
+
+While a FETCH, STORE or SEARCH by message number runs, no EXPUNGE may be
+sent (RFC 9051 §7.5.1), so those commands refresh the view without
+expunges; their UID forms may expunge.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from pillarbox.access import cache as cache_mod
+from pillarbox.access.cache import CacheEntry
+from pillarbox.access.fetch import FetchError, render_fetch, sets_seen
+from pillarbox.access.imap.mailboxes import check_flags, storable
+from pillarbox.access.imap.render import flag_list, sequence_set
+from pillarbox.access.imap.selected import InvalidSequence, SelectedMailbox
+from pillarbox.access.search import SearchError, search as run_search
+from pillarbox.access.sort import SortError, sort as run_sort
+from pillarbox.access.thread import ThreadError, thread as run_thread
+from pillarbox.protocols.imap import commands as c
+from pillarbox.store.base import MessageMeta, OverQuota, StorageFull
+
+if TYPE_CHECKING:
+    from pillarbox.access.imap.session import IMAPSession
+
+_FLUSH_AT = 1 << 18   # write FETCH output to the socket every 256 KiB
+
+
+class _Loader:
+    """Content and cache entries of one command's messages, loaded once each."""
+
+    def __init__(self, s: IMAPSession, mailbox_id: int, metas: list[MessageMeta]) -> None:
+        self.s = s
+        self.mailbox_id = mailbox_id
+        self.metas = metas
+        self._cache: dict[str, CacheEntry | None] | None = None
+        self.computed: dict[str, CacheEntry] = {}
+
+    def content(self, meta: MessageMeta) -> bytes:
+        data = self.s.ctx.store.message_bytes(self.mailbox_id, meta.uid)
+        return data if data is not None else b""
+
+    def cache(self, meta: MessageMeta) -> CacheEntry | None:
+        if self._cache is None:
+            rows = self.s.ctx.store.cache_get([m.blob for m in self.metas])
+            self._cache = {blob: cache_mod.from_row(row) for blob, row in rows.items()}
+        return self._cache.get(meta.blob) or self.computed.get(meta.blob)
+
+    def save(self) -> None:
+        rows = [(blob, *entry.to_row()) for blob, entry in self.computed.items()]
+        if rows:
+            self.s.ctx.store.cache_put(rows)
+
+
+def _view(s: IMAPSession) -> SelectedMailbox:
+    assert s.selected is not None
+    return s.selected
+
+
+def enable_condstore(s: IMAPSession) -> None:
+    """A CONDSTORE-enabling command on a selected mailbox (RFC 7162 §3.1): from
+    now on MODSEQ goes with flag changes, and the client hears HIGHESTMODSEQ."""
+    view = _view(s)
+    if not view.condstore:
+        view.condstore = True
+        s.untagged(b"OK [HIGHESTMODSEQ %d] Highest" % view.modseq)
+
+
+def _resolve(s: IMAPSession, tag: str, sequence: c.SequenceSet, uid: bool) -> list[int] | None:
+    try:
+        return _view(s).resolve(sequence, uid=uid)
+    except InvalidSequence as exc:
+        s.bad(tag, f"Invalid message number: {exc}")
+        return None
+
+
+def _with_recent(s: IMAPSession, meta: MessageMeta) -> MessageMeta:
+    view = _view(s)
+    if not s.rev2 and meta.uid in view.recent:
+        return MessageMeta(meta.uid, meta.flags | {"\\Recent"}, meta.modseq, meta.internal_date,
+                           meta.size, meta.blob, meta.savedate)
+    return meta
+
+
+# ------------------------------------------------------------------ FETCH
+
+
+async def fetch(s: IMAPSession, cmd: c.Fetch) -> None:
+    view = _view(s)
+    if cmd.vanished and (not cmd.uid or "QRESYNC" not in s.enabled or cmd.changedsince is None):
+        s.bad(cmd.tag, "VANISHED needs UID FETCH with CHANGEDSINCE and QRESYNC enabled")
+        return
+    await s.sync(cmd, expunge=cmd.uid)
+    uids = _resolve(s, cmd.tag, cmd.sequence, cmd.uid)
+    if uids is None:
+        return
+    store = s.ctx.store
+    metas = store.messages_by_uid(view.mailbox_id, uids) if uids else []
+    modseq = view.condstore or cmd.changedsince is not None or any(
+        a.name == "MODSEQ" for a in cmd.attrs)
+    if modseq:
+        enable_condstore(s)
+    if cmd.changedsince is not None:
+        metas = [m for m in metas if m.modseq > cmd.changedsince]
+        if cmd.vanished:
+            gone = store.expunged_since(view.mailbox_id, cmd.changedsince)
+            largest = view.uids[-1] if view.uids else 0
+            gone = [u for u in gone if cmd.sequence.contains(u, max(largest, u))]
+            if gone:
+                s.untagged(b"VANISHED (EARLIER) " + sequence_set(gone))
+    seen: set[int] = set()
+    if not view.readonly:
+        want = [m.uid for m in metas if sets_seen(m, cmd.attrs)]
+        if want:
+            updates, _ = await store.store_flags(view.mailbox_id, want, "+",
+                                                 frozenset({"\\Seen"}))
+            for u in updates:
+                view.reported[u.uid] = u.modseq
+            new = {u.uid: u for u in updates}
+            for m in metas:
+                if m.uid in new:
+                    m.flags, m.modseq = new[m.uid].flags, new[m.uid].modseq
+                    seen.add(m.uid)
+    loader = _Loader(s, view.mailbox_id, metas)
+    written = 0
+    try:
+        for meta in metas:
+            seq = view.seq_of(meta.uid)
+            if seq is None:
+                continue
+            shown = _with_recent(s, meta)
+            result = render_fetch(
+                seq, shown, cmd.attrs,
+                content=lambda m=meta: loader.content(m),   # type: ignore[misc]
+                cache=loader.cache(meta) if _wants_cache(cmd.attrs) else None,
+                include_uid=cmd.uid,
+                modseq=cmd.changedsince is not None or (view.condstore and meta.uid in seen),
+                seen_set=meta.uid in seen,
+            )
+            if result.cache is not None:
+                loader.computed[meta.blob] = result.cache
+            s.raw(result.line)
+            written += len(result.line)
+            if written >= _FLUSH_AT:
+                written = 0
+                s.out.flush()
+                await s.out.drain()
+    except FetchError as exc:
+        loader.save()
+        s.no(cmd.tag, str(exc), exc.code)
+        return
+    loader.save()
+    await s.sync(cmd, expunge=cmd.uid)
+    s.ok(cmd.tag, "FETCH completed")
+
+
+def _wants_cache(attrs: tuple[c.FetchAttr, ...]) -> bool:
+    return any(a.name in ("ENVELOPE", "BODYSTRUCTURE") or (a.name == "BODY" and a.section is None)
+               for a in attrs)
+
+
+# ------------------------------------------------------------------ STORE
+
+
+async def store(s: IMAPSession, cmd: c.Store) -> None:
+    view = _view(s)
+    if view.readonly:
+        s.no(cmd.tag, "The mailbox is read-only (EXAMINE)", "READ-ONLY")
+        return
+    problem = check_flags(cmd.flags)
+    if problem:
+        s.bad(cmd.tag, problem)
+        return
+    await s.sync(cmd, expunge=cmd.uid)
+    uids = _resolve(s, cmd.tag, cmd.sequence, cmd.uid)
+    if uids is None:
+        return
+    if cmd.unchangedsince is not None:
+        enable_condstore(s)
+    st = s.ctx.store
+    updates, failed = (await st.store_flags(
+        view.mailbox_id, uids, cmd.mode, storable(cmd.flags), cmd.unchangedsince
+    )) if uids else ([], [])
+    for u in updates:
+        view.reported[u.uid] = u.modseq
+    if cmd.mode != "-":
+        _announce_keywords(s, storable(cmd.flags))
+    changed = {u.uid for u in updates}
+    failed_set = set(failed)
+    # Other changes first, with the FLAGS of any new keyword, so that the
+    # client knows a keyword before a FETCH shows it (RFC 9051 §7.3.5).
+    await s.sync(cmd, expunge=cmd.uid)
+    if not cmd.silent or view.condstore:
+        metas = st.messages_by_uid(view.mailbox_id, uids) if uids else []
+        for meta in metas:
+            if meta.uid in failed_set:
+                continue
+            if cmd.silent and meta.uid not in changed:
+                continue
+            seq = view.seq_of(meta.uid)
+            if seq is None:
+                continue
+            shown = _with_recent(s, meta)
+            items = []
+            if cmd.uid or view.condstore:   # RFC 7162 §3.1: UID and MODSEQ with CONDSTORE
+                items.append(b"UID %d" % meta.uid)
+            if not cmd.silent:
+                items.append(b"FLAGS " + flag_list(shown.flags))
+            if view.condstore:
+                items.append(b"MODSEQ (%d)" % meta.modseq)
+            s.untagged(b"%d FETCH (%s)" % (seq, b" ".join(items)))
+    if failed:
+        numbers = failed if cmd.uid else [n for n in (view.seq_of(u) for u in failed) if n]
+        s.ok(cmd.tag, "Conditional STORE failed for some messages",
+             "MODIFIED " + sequence_set(numbers).decode())
+        return
+    s.ok(cmd.tag, "STORE completed")
+
+
+def _announce_keywords(s: IMAPSession, flags: frozenset[str]) -> None:
+    """FLAGS and PERMANENTFLAGS before a FETCH shows a keyword new to the mailbox
+    (RFC 9051 §7.3.5: the client learns the keywords from FLAGS)."""
+    view = _view(s)
+    new = {f for f in flags if not f.startswith("\\")} - set(view.keywords)
+    if not new:
+        return
+    view.keywords = tuple(sorted(set(view.keywords) | new))
+    flags_now = s.flags_of(view)
+    s.untagged(b"FLAGS " + flag_list(flags_now))
+    s.untagged(b"OK [PERMANENTFLAGS " + flag_list(flags_now + ["\\*"]) + b"] Flags permitted")
+
+
+# ------------------------------------------------------------------ SEARCH, SORT, THREAD
+
+
+def _uses_modseq(key: c.SearchKey) -> bool:
+    if key.op == "MODSEQ":
+        return True
+    return any(isinstance(a, c.SearchKey) and _uses_modseq(a) for a in key.args)
+
+
+def _candidates(s: IMAPSession) -> list[tuple[int, MessageMeta]]:
+    view = _view(s)
+    out = []
+    seq_of = view.seq_of
+    for meta in s.ctx.store.messages(view.mailbox_id):
+        seq = seq_of(meta.uid)
+        if seq is not None:
+            out.append((seq, _with_recent(s, meta)))
+    return out
+
+
+def _matches(s: IMAPSession, key: c.SearchKey, charset: str | None, uid: bool,
+             loader_box: list[_Loader]) -> tuple[list[int], list[tuple[int, MessageMeta]]]:
+    view = _view(s)
+    candidates = _candidates(s)
+    loader = _Loader(s, view.mailbox_id, [m for _, m in candidates])
+    loader_box.append(loader)
+    found = run_search(
+        key, candidates, largest_seq=view.exists,
+        largest_uid=view.uids[-1] if view.uids else 0,
+        content=loader.content, cache=loader.cache,
+        saved=view.saved, now=time.time(), charset=charset, recent=view.recent,
+        uid=False, computed=loader.computed,
+    )
+    chosen = set(found)
+    return found, [(seq, m) for seq, m in candidates if seq in chosen]
+
+
+async def search(s: IMAPSession, cmd: c.Search) -> None:
+    view = _view(s)
+    await s.sync(cmd, expunge=cmd.uid)
+    loaders: list[_Loader] = []
+    try:
+        seqs, matched = _matches(s, cmd.key, cmd.charset, cmd.uid, loaders)
+    except SearchError as exc:
+        s.no(cmd.tag, str(exc), exc.code)
+        return
+    finally:
+        for loader in loaders:
+            loader.save()
+    numbers = [m.uid for _, m in matched] if cmd.uid else seqs
+    modseq = _uses_modseq(cmd.key)
+    if modseq:
+        enable_condstore(s)
+    returns = cmd.returns
+    highest = _result_modseq(matched, returns)
+    if returns is not None and "SAVE" in returns:
+        view.saved = [m.uid for _, m in matched]
+    if returns is None and not s.rev2:
+        line = b"SEARCH"
+        if numbers:
+            line += b" " + b" ".join(b"%d" % n for n in numbers)
+            if modseq:
+                line += b" (MODSEQ %d)" % highest
+        s.untagged(line)
+    elif returns != ("SAVE",):
+        s.untagged(_esearch(cmd.tag, cmd.uid, numbers, returns or ("ALL",),
+                            highest if modseq else None))
+    await s.sync(cmd, expunge=cmd.uid)
+    s.ok(cmd.tag, "SEARCH completed")
+
+
+def _result_modseq(matched: list[tuple[int, MessageMeta]],
+                   returns: tuple[str, ...] | None) -> int:
+    """The MODSEQ that goes with a SEARCH result (RFC 7162 §3.1.5): the highest of
+    the messages returned; with only MIN and/or MAX, of those messages alone."""
+    if not matched:
+        return 0
+    wanted = set(returns or ()) - {"SAVE"}
+    if wanted and wanted <= {"MIN", "MAX"}:
+        chosen = []
+        if "MIN" in wanted:
+            chosen.append(matched[0][1])
+        if "MAX" in wanted:
+            chosen.append(matched[-1][1])
+        return max(m.modseq for m in chosen)
+    return max(m.modseq for _, m in matched)
+
+
+def _esearch(tag: str, uid: bool, numbers: list[int], returns: tuple[str, ...],
+             modseq: int | None, ordered: bool = False) -> bytes:
+    """``ESEARCH (TAG "a") UID MIN 1 MAX 9 COUNT 4 ALL 1:3,9`` (RFC 4731 §3.1)."""
+    from pillarbox.access.imap.render import string
+
+    out = b"ESEARCH (TAG " + string(tag) + b")"
+    if uid:
+        out += b" UID"
+    wanted = set(returns) - {"SAVE"} or {"ALL"}
+    if numbers:
+        if "MIN" in wanted:
+            out += b" MIN %d" % (numbers[0] if ordered else min(numbers))
+        if "MAX" in wanted:
+            out += b" MAX %d" % (numbers[-1] if ordered else max(numbers))
+    if "COUNT" in wanted:
+        out += b" COUNT %d" % len(numbers)
+    if "ALL" in wanted and numbers:
+        out += b" ALL " + (_ordered_set(numbers) if ordered else sequence_set(numbers))
+    if modseq is not None and numbers:
+        out += b" MODSEQ %d" % modseq
+    return out
+
+
+def _ordered_set(numbers: list[int]) -> bytes:
+    """Numbers in their order, ascending runs as ranges (RFC 5267 §3.1)."""
+    out: list[str] = []
+    start = prev = numbers[0]
+    for n in numbers[1:]:
+        if n == prev + 1:
+            prev = n
+            continue
+        out.append(str(start) if start == prev else f"{start}:{prev}")
+        start = prev = n
+    out.append(str(start) if start == prev else f"{start}:{prev}")
+    return ",".join(out).encode()
+
+
+async def sort(s: IMAPSession, cmd: c.Sort) -> None:
+    await s.sync(cmd, expunge=cmd.uid)
+    loaders: list[_Loader] = []
+    try:
+        _, matched = _matches(s, cmd.key, cmd.charset, cmd.uid, loaders)
+        loader = loaders[0]
+        ordered = run_sort(cmd.criteria, matched, cache=loader.cache, content=loader.content,
+                           uid=cmd.uid, computed=loader.computed)
+    except (SearchError, SortError) as exc:
+        s.no(cmd.tag, str(exc), getattr(exc, "code", None))
+        return
+    finally:
+        for loader in loaders:
+            loader.save()
+    if cmd.returns is not None:
+        s.untagged(_esearch(cmd.tag, cmd.uid, ordered, cmd.returns or ("ALL",), None,
+                            ordered=True))
+    else:
+        s.untagged(b"SORT" + b"".join(b" %d" % n for n in ordered))
+    await s.sync(cmd, expunge=cmd.uid)
+    s.ok(cmd.tag, "SORT completed")
+
+
+async def thread(s: IMAPSession, cmd: c.Thread) -> None:
+    await s.sync(cmd, expunge=cmd.uid)
+    loaders: list[_Loader] = []
+    try:
+        _, matched = _matches(s, cmd.key, cmd.charset, cmd.uid, loaders)
+        loader = loaders[0]
+        rendered = run_thread(cmd.algorithm, matched, cache=loader.cache,
+                              content=loader.content, uid=cmd.uid, computed=loader.computed)
+    except (SearchError, ThreadError) as exc:
+        s.no(cmd.tag, str(exc), getattr(exc, "code", None))
+        return
+    finally:
+        for loader in loaders:
+            loader.save()
+    s.untagged(b"THREAD" + (b" " + rendered if rendered else b""))
+    await s.sync(cmd, expunge=cmd.uid)
+    s.ok(cmd.tag, "THREAD completed")
+
+
+# ------------------------------------------------------------------ COPY, MOVE
+
+
+async def copy(s: IMAPSession, cmd: c.Copy | c.Move) -> None:
+    view = _view(s)
+    move = isinstance(cmd, c.Move)
+    verb = "MOVE" if move else "COPY"
+    if move and view.readonly:
+        s.no(cmd.tag, "The mailbox is read-only (EXAMINE)", "READ-ONLY")
+        return
+    assert s.account_id is not None
+    target = s.ctx.store.mailbox(s.account_id, cmd.mailbox)
+    if target is None:
+        s.no(cmd.tag, f"Mailbox does not exist: {cmd.mailbox}", "TRYCREATE")
+        return
+    await s.sync(cmd, expunge=cmd.uid)
+    uids = _resolve(s, cmd.tag, cmd.sequence, cmd.uid)
+    if uids is None:
+        return
+    if not uids:
+        s.ok(cmd.tag, f"{verb} completed (no messages)")
+        return
+    try:
+        validity, pairs = await s.ctx.store.copy(view.mailbox_id, uids, target.id, move=move)
+    except OverQuota as exc:
+        s.no(cmd.tag, str(exc), "OVERQUOTA")
+        return
+    except StorageFull:
+        s.no(cmd.tag, "The server's disk is full; try again later", "SERVERBUG")
+        return
+    code = None
+    if pairs:
+        code = (f"COPYUID {validity} {sequence_set(p[0] for p in pairs).decode()} "
+                f"{sequence_set(p[1] for p in pairs).decode()}")
+    if move:
+        if code:
+            s.untagged(b"OK [" + code.encode() + b"] Moved")
+        _expunged(s, [p[0] for p in pairs])
+        await s.sync(cmd, expunge=True)
+        s.ok(cmd.tag, "MOVE completed")
+        return
+    await s.sync(cmd, expunge=cmd.uid)
+    s.ok(cmd.tag, "COPY completed", code)
+
+
+def _expunged(s: IMAPSession, uids: list[int]) -> None:
+    """Tell the client about messages this session removed (EXPUNGE or VANISHED)."""
+    view = _view(s)
+    if view.qresync:
+        known = [u for u in uids if view.seq_of(u) is not None]
+        view.forget(known)
+        if known:
+            s.untagged(b"VANISHED " + sequence_set(known))
+        return
+    for seq in view.forget(uids):
+        s.untagged(b"%d EXPUNGE" % seq)
+
+
+# ------------------------------------------------------------------ EXPUNGE and co.
+
+
+async def expunge(s: IMAPSession, cmd: c.Expunge) -> None:
+    view = _view(s)
+    if view.readonly:
+        s.no(cmd.tag, "The mailbox is read-only (EXAMINE)", "READ-ONLY")
+        return
+    st = s.ctx.store
+    if cmd.uids is not None:
+        uids = _resolve(s, cmd.tag, cmd.uids, True)
+        if uids is None:
+            return
+        deleted = [m.uid for m in st.messages_by_uid(view.mailbox_id, uids)
+                   if "\\Deleted" in m.flags]
+        removed = await st.expunge(view.mailbox_id, deleted) if deleted else []
+    else:
+        removed = await st.expunge(view.mailbox_id, None)
+    _expunged(s, removed)
+    await s.sync(cmd, expunge=True)
+    s.ok(cmd.tag, "EXPUNGE completed")
+
+
+async def close(s: IMAPSession, cmd: c.Close) -> None:
+    view = _view(s)
+    if not view.readonly:
+        await s.ctx.store.expunge(view.mailbox_id, None)   # silently (RFC 9051 §6.4.1)
+    await s.deselect()
+    s.ok(cmd.tag, "CLOSE completed")
+
+
+async def unselect(s: IMAPSession, cmd: c.Unselect) -> None:
+    await s.deselect()
+    s.ok(cmd.tag, "UNSELECT completed")
+
