@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import quopri
 import random
+from pathlib import Path
 
 CRLF = b"\r\n"
 
@@ -163,6 +164,62 @@ HANDWRITTEN: dict[str, bytes] = {
                   "Reporting-MTA: dns; mx.example.com", "", "Final-Recipient: rfc822; x@y",
                   "Action: failed", "Status: 5.1.1", "--rr", "Content-Type: text/rfc822-headers",
                   "", "Subject: original", "--rr--", ""),
+}
+
+#: One small message for each kind of difference first seen on real-world mail.
+REAL_WORLD_KINDS: dict[str, bytes] = {
+    "folded-subject-plain": msg("Subject: a subject folded", " once, as long ones are", "", "b", ""),
+    "folded-subject-words": msg("Subject: =?utf-8?q?caf=C3=A9?=", " =?iso-8859-1?q?=E0_la_carte?=",
+                                "", "b", ""),
+    "cte-spelling": msg(
+        "Content-Type: multipart/mixed; boundary=c", "", "--c", "Content-Transfer-Encoding: 7BIT", "",
+        "seven", "--c", "Content-Transfer-Encoding: Base64", "", "eA==", "--c",
+        "Content-Transfer-Encoding: QUOTED-PRINTABLE (as written)", "", "a=3Db", "--c",
+        "Content-Transfer-Encoding:  8Bit", "", "eight", "--c--", ""),
+    "cte-invalid": msg(
+        "Content-Type: multipart/mixed; boundary=c", "", "--c", "Content-Transfer-Encoding: base 64", "",
+        "eA==", "--c", "Content-Transfer-Encoding: base64;", "", "eA==", "--c",
+        'Content-Transfer-Encoding: "base64"', "", "eA==", "--c", "Content-Transfer-Encoding:", "", "x",
+        "--c", "Content-Transfer-Encoding: x-uuencode", "", "x", "--c--", ""),
+    "rfc822-headers-only": msg(
+        "Content-Type: multipart/report; report-type=delivery-status; boundary=r", "", "--r", "",
+        "failed", "--r", "Content-Type: message/rfc822", "", "Subject: the original",
+        "From: a@example.com", "--r--", ""),
+    "digest-part-headers": msg(
+        "Content-Type: multipart/digest; boundary=d", "", "--d", "Subject: one", "From: a@b", "",
+        "first", "--d", "Content-Type: garbage", "", "Subject: two", "", "second", "--d--", ""),
+    "boundary-too-long": msg(
+        "Content-Type: multipart/mixed; boundary=" + "b" * 90, "", "--" + "b" * 90,
+        "Content-Type: text/plain", "", "a", "--" + "b" * 90, "", "b", "--" + "b" * 90 + "--", ""),
+    "double-semicolon": msg(
+        "Content-Type: multipart/mixed;; boundary=s", "", "--s",
+        "Content-Type: text/plain; charset=utf-8;; format=flowed", "", "a", "--s--", ""),
+    "part-type-unusable": msg(
+        "Content-Type: multipart/mixed; boundary=u", "", "--u", "Content-Type: ", "", "a", "--u",
+        "Content-Type: text", "", "b", "--u--", ""),
+    "subject-line-8k": msg("Subject: " + "y" * 8200, "", "b", ""),
+    "parameter-no-semicolon": msg(
+        "Content-Type: multipart/mixed", "\tboundary=n", "", "--n",
+        "Content-Type: message/external-body; access-type=mail-server",
+        '  server="listserv@example.net"; expiration="Fri, 14 Jun 1991 19:13:14 -0400"', "",
+        "Content-type: text/plain", "", "get it", "--n--", ""),
+    "parameter-tspecial": msg(
+        "Content-Type: application/octet-stream; name=attach01",
+        "Content-Disposition: attachment; filename=attach/01", "", "x", ""),
+    "binary-nul-decoded": msg(
+        "Content-Type: multipart/mixed; boundary=z", "", "--z",
+        "Content-Type: text/plain; charset=utf-16le", "Content-Transfer-Encoding: base64", "",
+        "SABpAAoA", "--z--", ""),
+    "boundary-longest-match": msg(
+        "Content-Type: multipart/mixed; boundary=ab", "", "--ab",
+        "Content-Type: multipart/mixed; boundary=a", "", "--ab", "Content-Type: text/plain", "",
+        "--a", "", "inner", "--a--", "--ab--", ""),
+    "boundary-dashes": msg(
+        'Content-Type: multipart/mixed; boundary="a--"', "", "--a--",
+        'Content-Type: multipart/mixed; boundary="a----"', "", "--a----", "", "body",
+        "--a------", "", "body2", "--a----", ""),
+    "address-phrase-only": msg("From: Someone Else", 'To: "Quoted Name", Two Words, x y@z',
+                               "Cc: localonly, a@b c", "", "b", ""),
 }
 
 
@@ -388,4 +445,27 @@ def generated_corpus(count: int = 130, seed: int = 3) -> dict[str, bytes]:
 
 
 def corpus() -> dict[str, bytes]:
+    """The hand-written and the generated messages."""
     return {**HANDWRITTEN, **generated_corpus()}
+
+
+DATA = Path(__file__).parent / "data"
+
+
+def data_corpus() -> dict[str, bytes]:
+    """The real-world messages under ``data/<source>/``, named ``<source>/<file>``.
+
+    Every file in a source's folder but its README.md and LICENSE is a message,
+    stored as its source published it (line ends included).
+    """
+    out: dict[str, bytes] = {}
+    for path in sorted(DATA.glob("*/*")):
+        if path.is_file() and path.name not in ("README.md", "LICENSE") \
+                and not path.name.startswith("."):
+            out[path.relative_to(DATA).as_posix()] = path.read_bytes()
+    return out
+
+
+def differential_corpus() -> dict[str, bytes]:
+    """Everything the Dovecot comparison runs on."""
+    return {**corpus(), **REAL_WORLD_KINDS, **data_corpus()}

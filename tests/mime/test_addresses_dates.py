@@ -60,6 +60,27 @@ def test_garbage_resyncs_at_comma_and_never_raises() -> None:
         parse_address_list(junk)
 
 
+def test_words_without_at_are_a_name_without_address() -> None:
+    assert parse_address_list(b'Someone Else, "Quoted Name", localonly, x y@z') == [
+        Mailbox(b"Someone Else", None, None, None), Mailbox(b"Quoted Name", None, None, None),
+        Mailbox(None, None, b"localonly", None), Mailbox(b"x y", None, None, None)]
+    assert parse_address_list(b'"quoted local"@example.com') == [
+        Mailbox(None, None, b"quoted local", b"example.com")]
+
+
+def test_broken_angle_addresses() -> None:
+    def one(v: bytes) -> Mailbox:
+        (mb,) = parse_address_list(v)
+        assert isinstance(mb, Mailbox)
+        return mb
+
+    assert one(b"<a>") == Mailbox(None, None, b"a", None)
+    for junk in (b"<a:b>", b"<a@>", b"<a b@c>", b"<a@b c>", b"<a@b"):
+        assert not one(junk).valid, junk
+    assert one(b"<@b>") == Mailbox(None, b"INVALID_ROUTE", None, None)
+    assert one(b"<@r1,@r2:a@b>") == Mailbox(None, b"@r1,@r2", b"a", b"b")
+
+
 def test_format_address_quotes_when_needed() -> None:
     assert format_address("Ann", "a@b") == "Ann <a@b>"
     assert format_address('A "q" B.', "a@b") == '"A \\"q\\" B." <a@b>'

@@ -6,6 +6,7 @@ from pillarbox.mime.params import (
     parse_content_type,
     parse_parameters,
     parse_token_value,
+    parse_transfer_encoding,
 )
 
 
@@ -79,6 +80,24 @@ def test_content_type_with_comments_quotes_and_case() -> None:
 
 def test_broken_parameters_are_skipped() -> None:
     assert parse_parameters(b"; =x; a=1; b; c=\"2\"") == [("a", b"1"), ("c", b"2")]
+
+
+def test_parameter_after_a_lost_semicolon_is_read() -> None:
+    assert parse_content_type(b'multipart/mixed\r\n\tboundary="b"') == (
+        "multipart", "mixed", [("boundary", b"b")])
+    assert parse_parameters(b"; access-type=x\r\n  server=y; z=1") == [
+        ("access-type", b"x"), ("server", b"y"), ("z", b"1")]
+    assert parse_parameters(b";; boundary=b") == [("boundary", b"b")]
+    assert parse_parameters(b"; name=a b; c=d") == [("name", b"a"), ("c", b"d")]
+
+
+def test_transfer_encoding_is_one_token() -> None:
+    assert parse_transfer_encoding(b" (c) Base64 (c)") == b"Base64"
+    assert parse_transfer_encoding(None) is None
+    for bad in (b"", b"base 64", b"base64;", b'"base64"', b"ba/se", b"7bit\x7f"):
+        assert parse_transfer_encoding(bad) is None, bad
+    assert parse_transfer_encoding(b"base64; x", strict=False) == b"base64"
+    assert parse_transfer_encoding(b"base 64", strict=False) == b"base"
 
 
 def test_rfc2231_continuations_and_charsets() -> None:

@@ -14,7 +14,7 @@ from pillarbox.mime.imap import (
 )
 from pillarbox.mime.parser import parse
 
-from .corpus import HANDWRITTEN, msg
+from .corpus import HANDWRITTEN, REAL_WORLD_KINDS, msg
 
 
 def test_strings() -> None:
@@ -57,6 +57,33 @@ def test_bodystructure_single_part() -> None:
         b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 9 1 NIL NIL NIL NIL)')
     assert bodystructure(parse(HANDWRITTEN["simple"]), extended=False) == (
         b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 9 1)')
+
+
+def test_folded_subject_is_a_literal_without_its_line_breaks() -> None:
+    env = envelope(parse(REAL_WORLD_KINDS["folded-subject-plain"]))
+    assert env.startswith(b"(NIL {39}\r\na subject folded once, as long ones are NIL ")
+    assert envelope(parse(msg("Subject: unfolded", "", ""))).startswith(b'(NIL "unfolded" ')
+
+
+def test_plain_7bit_message_has_the_canonical_bodystructure() -> None:
+    # any spelling of text/plain; charset=us-ascii, 7bit gives the one lower-case form
+    one = parse(msg("Content-Type: TEXT/Plain; CHARSET=US-ASCII", "Content-Transfer-Encoding: 7BIT",
+                    "", "b", ""))
+    assert bodystructure(one) == (
+        b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 3 1 NIL NIL NIL NIL)')
+    assert bodystructure(one, extended=False) == (
+        b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 3 1)')
+    # anything more, or a part below the top, keeps its spelling
+    more = parse(msg("Content-Type: text/plain; format=flowed", "Content-Transfer-Encoding: 7BIT",
+                     "", "b", ""))
+    assert b'"7BIT"' in bodystructure(more)
+    parts = parse(REAL_WORLD_KINDS["cte-spelling"])
+    assert b'"7BIT" 5 0' in bodystructure(parts)
+
+
+def test_invalid_transfer_encoding_is_reported_as_7bit() -> None:
+    bs = bodystructure(parse(REAL_WORLD_KINDS["cte-invalid"]))
+    assert bs.count(b'"7bit"') == 4 and b'"x-uuencode"' in bs
 
 
 def test_bodystructure_multipart_with_all_fields() -> None:

@@ -7,7 +7,7 @@ import pytest
 
 from pillarbox.mime.parser import MAX_DEPTH, Part, parse
 
-from .corpus import HANDWRITTEN, msg
+from .corpus import HANDWRITTEN, REAL_WORLD_KINDS, msg
 
 NESTED = HANDWRITTEN["nested"]
 
@@ -94,9 +94,38 @@ def test_outer_boundary_ends_an_unclosed_inner_multipart() -> None:
     assert root.children[1].body_bytes() == b"after"
 
 
-def test_innermost_boundary_wins_when_one_is_a_prefix() -> None:
+def test_the_longer_inner_boundary_wins_over_its_prefix() -> None:
     root = parse(HANDWRITTEN["boundary-prefix"])
     assert shape(root) == ("multipart/mixed", [("multipart/mixed", ["text/plain"]), "text/plain"])
+
+
+def test_longest_matching_boundary_wins() -> None:
+    # "--ab" starts with the inner boundary "a" too; it is the outer "ab" (as in Dovecot)
+    root = parse(REAL_WORLD_KINDS["boundary-longest-match"])
+    assert shape(root) == ("multipart/mixed", ["multipart/mixed", "text/plain"])
+    assert root.children[1].body_bytes() == b"--a\r\n\r\ninner\r\n--a--"
+
+
+def test_boundaries_ending_in_dashes() -> None:
+    root = parse(REAL_WORLD_KINDS["boundary-dashes"])
+    inner = root.children[0]
+    assert inner.subtype_raw == "mixed" and len(inner.children) == 1
+    assert inner.children[0].body_bytes() == b"body"
+
+
+def test_transfer_encoding_to_decode_with_and_as_reported() -> None:
+    def part(cte: str) -> Part:
+        return parse(msg("Content-Transfer-Encoding: " + cte, "", "eA==", ""))
+
+    assert part("BASE64 (as written)").transfer_encoding == "base64"
+    assert part("BASE64 (as written)").transfer_encoding_raw == b"BASE64"
+    # "base64;" is not one token: BODYSTRUCTURE says 7bit, decoding still sees base64
+    assert part("base64;").transfer_encoding_raw == b"7bit"
+    assert part("base64;").transfer_encoding == "base64"
+    assert part("base64;").decoded() == b"x"
+    assert part('"base64"').transfer_encoding == "7bit"
+    assert part("").transfer_encoding_raw == b"7bit"
+    assert part("x-uuencode").transfer_encoding_raw == b"x-uuencode"
 
 
 def test_lf_only_line_ends() -> None:

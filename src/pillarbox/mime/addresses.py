@@ -30,7 +30,8 @@ class Mailbox:
     route: bytes | None
     mailbox: bytes | None
     domain: bytes | None
-    #: False when the address was cut short (no closing ``>``)
+    #: False when the angle address is broken: no closing ``>``, junk before it,
+    #: or an ``@`` without a domain
     valid: bool = True
 
     @property
@@ -189,19 +190,31 @@ class _Parser:
         return None
 
     def angle_addr(self, name: bytes | None) -> Mailbox:
+        """``<addr-spec>``; anything but ``>`` after the addr-spec, an ``@`` with no
+        domain or a missing ``>`` makes it invalid, which ENVELOPE shows as the
+        domain SYNTAX_ERROR; a route that never reaches its ``:`` is INVALID_ROUTE
+        (both as Dovecot reports them)."""
         self.i += 1  # "<"
+        bad_route = self.is_special(b"@")
         route = self.route()
-        local = self.dot_words()
-        domain = None
-        if self.is_special(b"@"):
-            self.i += 1
-            domain = self.dot_words()
+        local = domain = None
+        valid = True
+        if bad_route and route is None:
+            route = b"INVALID_ROUTE"
+        else:
+            local = self.dot_words()
+            if self.is_special(b"@"):
+                self.i += 1
+                domain = self.dot_words()
+                valid = domain is not None
+            valid = valid and self.is_special(b">")
         # skip anything up to ">"
         while self.peek()[0] != "end" and not self.is_special(b">"):
             self.i += 1
-        valid = self.is_special(b">")
-        if valid:
+        if self.is_special(b">"):
             self.i += 1
+        else:
+            valid = False
         return Mailbox(name, route, local, domain, valid)
 
     def mailbox(self) -> Mailbox | None:
@@ -210,6 +223,7 @@ class _Parser:
         if self.is_special(b"<"):
             return self.angle_addr(name)
         self.i = start
+        quoted = self.peek()[0] == QUOTED
         local = self.dot_words()
         domain = None
         at = self.is_special(b"@")
@@ -218,6 +232,13 @@ class _Parser:
             domain = self.dot_words()
         if local is None and domain is None and not at:
             return None
+        if not at and local is not None and (
+                self.peek()[0] in (ATOM, QUOTED) or (quoted and self.i == start + 1)):
+            # Words and no "@" ("Someone Else", '"Quoted Name"'): a display name
+            # whose address is missing, not a local part followed by junk. One
+            # bare atom ("localonly") stays a local part without its domain.
+            self.i = start
+            return Mailbox(self.phrase(), None, None, None)
         # A comment after a bare addr-spec is by convention the display name.
         comment = self.peek()[2]
         return Mailbox(comment or None, None, local, domain)

@@ -115,6 +115,10 @@ def envelope(part: Part) -> bytes:
         if key in _ADDRESS_FIELDS and key in found:
             # a repeated address field adds its addresses (as Dovecot does)
             found[key] += b", " + unfold(f.value)
+        elif key == "subject":
+            # kept folded: human_string drops the line breaks and, having changed
+            # the text, sends a literal, as Dovecot does
+            found[key] = f.value
         elif key in _ENVELOPE_FIELDS:
             found[key] = unfold(f.value)  # otherwise the last occurrence wins, as in Dovecot
     frm = _addresses(found.get("from"))
@@ -122,8 +126,10 @@ def envelope(part: Part) -> bytes:
         nstring(found.get("date")),
         human_string(found.get("subject")),
         frm,
-        _addresses(found["sender"]) if "sender" in found else frm,
-        _addresses(found["reply-to"]) if "reply-to" in found else frm,
+        # RFC 9051 §7.5.2: absent "or present but empty" Sender and Reply-To
+        # take the From value (Dovecot does the same).
+        _addresses(found["sender"]) if found.get("sender", b"").strip() else frm,
+        _addresses(found["reply-to"]) if found.get("reply-to", b"").strip() else frm,
         _addresses(found.get("to")),
         _addresses(found.get("cc")),
         _addresses(found.get("bcc")),
@@ -203,14 +209,40 @@ _EMPTY_TEXT = b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 0 0'
 def _type_fields(part: Part) -> tuple[bytes, bytes, list[bytes]]:
     typ = (part.type_raw or part.type).encode("latin-1")
     sub = (part.subtype_raw or part.subtype).encode("latin-1")
+    if part.message is not None and part.subtype == "rfc822":
+        typ, sub = b"message", b"rfc822"  # in lower case whatever the spelling, as Dovecot
     params = _params(part.params_raw)
     if part.type == "text" and not any(n.lower() == "charset" for n, _ in part.params_raw):
         params += [b'"charset"', b'"us-ascii"']
     return nstring(typ), nstring(sub), params
 
 
+_PLAIN_FIELDS = ("Content-ID", "Content-Description", "Content-MD5", "Content-Disposition",
+                 "Content-Language", "Content-Location")
+
+
+def _plain_7bit(part: Part) -> bool:
+    """A message that is one text/plain, us-ascii, 7bit part with no other MIME fields.
+
+    Such a message has one BODYSTRUCTURE whatever the spelling of its fields
+    (``TEXT/Plain; CHARSET=US-ASCII``, ``7BIT``): the canonical one, in lower
+    case, as Dovecot sends it. All of it is case-insensitive (RFC 2045 §5.1, §6.1).
+    """
+    if (part.depth != 0 or part.content_type != "text/plain"
+            or part.transfer_encoding_raw.lower() != b"7bit"):
+        return False
+    params = part.params_raw
+    if params and not (len(params) == 1 and params[0][0].lower() == "charset"
+                       and params[0][1].lower() == b"us-ascii"):
+        return False
+    return not any(part.headers.first(name) for name in _PLAIN_FIELDS)
+
+
 def bodystructure(part: Part, extended: bool = True) -> bytes:
     """BODYSTRUCTURE (``extended``) or BODY of ``part`` and everything below it."""
+    if _plain_7bit(part):
+        return (b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" %d %d%s)'
+                % (part.body_size, part.lines, b" NIL NIL NIL NIL" if extended else b""))
     if part.is_multipart:
         if part.children:
             inner = b"".join(bodystructure(c, extended) for c in part.children)
@@ -223,8 +255,7 @@ def bodystructure(part: Part, extended: bool = True) -> bytes:
             items += _extension(part, True)
         return b"(" + b" ".join(items) + b")"
     typ, sub, params = _type_fields(part)
-    cte = _first(part, "Content-Transfer-Encoding")
-    enc = human_string(unfold(cte.value).strip()) if cte and cte.value.strip() else b'"7bit"'
+    enc = nstring(part.transfer_encoding_raw)
     items = [typ, sub, _list(params) if params else b"NIL",
              _field_string(part, "Content-ID"), _field_string(part, "Content-Description"),
              enc, str(part.body_size).encode()]

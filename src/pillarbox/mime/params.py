@@ -13,7 +13,13 @@ import urllib.parse
 
 from .headers import decode_text, decode_words, text_codec
 
-__all__ = ["join_rfc2231", "parse_content_type", "parse_parameters", "parse_token_value"]
+__all__ = [
+    "join_rfc2231",
+    "parse_content_type",
+    "parse_parameters",
+    "parse_token_value",
+    "parse_transfer_encoding",
+]
 
 
 _TSPECIALS = b'()<>@,;:\\"/[]?='
@@ -71,10 +77,14 @@ def _token(s: bytes, i: int, stop: bytes) -> tuple[bytes, int]:
     return s[i:j], j
 
 
+_PARAM_START = re.compile(rb"[A-Za-z0-9!#$%&'*+.^_`{|}~-]+[ \t]*=")
+
+
 def parse_parameters(s: bytes, i: int = 0) -> list[tuple[str, bytes]]:
     """Read ``; name=value`` pairs as written (quotes removed, names in their case).
 
-    Broken parameters are skipped up to the next semicolon. RFC 2231 names
+    Broken parameters are skipped up to the next semicolon; a ``name=value``
+    whose semicolon is missing is read all the same. RFC 2231 names
     (``name*``, ``name*0*``) are returned unchanged; see :func:`join_rfc2231`.
     """
     params: list[tuple[str, bytes]] = []
@@ -83,12 +93,14 @@ def parse_parameters(s: bytes, i: int = 0) -> list[tuple[str, bytes]]:
         i = _skip_cfws(s, i)
         if i >= n:
             break
-        if s[i] != 59:  # ";"
+        if s[i] == 59:  # ";"
+            i = _skip_cfws(s, i + 1)
+        elif not _PARAM_START.match(s, i):
             nxt = s.find(b";", i)
             if nxt < 0:
                 break
-            i = nxt
-        i = _skip_cfws(s, i + 1)
+            i = _skip_cfws(s, nxt + 1)
+        # else a parameter whose ";" was lost (often at a fold): read it all the same
         name, i = _token(s, i, _TSPECIALS.replace(b"*", b""))
         i = _skip_cfws(s, i)
         if not name or i >= n or s[i] != 61:  # "="
@@ -195,3 +207,24 @@ def parse_token_value(value: bytes | None) -> tuple[str, list[tuple[str, bytes]]
     if not tok:
         return None
     return tok.decode("latin-1"), parse_parameters(value, i)
+
+
+def parse_transfer_encoding(value: bytes | None, strict: bool = True) -> bytes | None:
+    """The mechanism of a Content-Transfer-Encoding field (RFC 2045 §6.1), as written.
+
+    The field is one token, comments and whitespace around it allowed. None when
+    it is absent, empty or not a single token (``base 64``, ``base64;``,
+    ``"base64"``): such a field is ignored and the default 7bit applies, as
+    for an invalid Content-Type (§5.2). An unknown but well-formed token such
+    as ``x-uuencode`` is kept: §6.4 wants it reported, and the body left as is.
+
+    ``strict=False`` takes the first token whatever follows (``base64;`` is
+    base64): what to decode with, where the sender's intent is all that counts.
+    """
+    if value is None:
+        return None
+    i = _skip_cfws(value, 0)
+    tok, i = _token(value, i, _TSPECIALS)
+    if not tok or (strict and _skip_cfws(value, i) < len(value)) or 127 in tok:
+        return None
+    return tok

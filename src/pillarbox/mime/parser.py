@@ -14,7 +14,8 @@ Boundary rules (RFC 2046 §5.1.1) as mail servers apply them in practice:
 - the line break before a boundary line belongs to the boundary, not the part;
 - the boundary of every enclosing multipart ends the current part too, so a
   missing close delimiter or a truncated nested multipart cannot swallow the
-  rest of the message; the innermost boundary wins when several match;
+  rest of the message; when several match (``a`` and ``ab`` both start the
+  line ``--ab``) the longest wins, the innermost among equal ones;
 - a header block ends at the first empty line, or at a boundary line, or at the
   end of the part.
 
@@ -31,7 +32,7 @@ from typing import Any
 
 from .encodings import decode_transfer
 from .headers import MAX_HEADER_PARSE, Headers, split_fields
-from .params import join_rfc2231, parse_content_type, parse_token_value
+from .params import join_rfc2231, parse_content_type, parse_token_value, parse_transfer_encoding
 
 __all__ = ["MAX_DEPTH", "MAX_PARTS", "Part", "parse"]
 
@@ -143,8 +144,17 @@ class Part:
 
     @property
     def transfer_encoding(self) -> str:
-        v = self.headers.value("Content-Transfer-Encoding")
-        return v.strip().decode("latin-1").lower() if v and v.strip() else "7bit"
+        """The mechanism to decode with, in lower case (RFC 2045 §6.1): the field's
+        first token, ``7bit`` when there is none."""
+        v = parse_transfer_encoding(self.headers.value("Content-Transfer-Encoding"), strict=False)
+        return "7bit" if v is None else v.decode("latin-1").lower()
+
+    @property
+    def transfer_encoding_raw(self) -> bytes:
+        """The mechanism as BODYSTRUCTURE reports it: as written, ``7bit`` when the
+        field is absent or not a single token."""
+        v = parse_transfer_encoding(self.headers.value("Content-Transfer-Encoding"))
+        return b"7bit" if v is None else v
 
     @property
     def disposition(self) -> tuple[str, dict[str, str]] | None:
@@ -230,17 +240,43 @@ class _Parser:
         self.parts = 0
         self.nested = ("rfc822", "global") if global_messages else ("rfc822",)
 
+    def _level(self, bounds: tuple[bytes, ...], at: int) -> int:
+        """Which boundary the line whose text after ``--`` starts at ``at`` is.
+
+        RFC 2046 §5.1.1 asks only that the boundary start the line, so with
+        nested boundaries such as ``a`` and ``ab`` the line ``--ab`` matches
+        both; the longest match wins, the innermost among equals, as in Dovecot.
+        The caller knows that at least one matches.
+        """
+        buf = self.buf
+        # a line longer than every boundary and "--" matches none exactly: no need
+        # to copy more of it than that
+        cap = min(self.limit, at + max(map(len, bounds)) + 4)
+        eol = buf.find(b"\n", at, cap)
+        line = bytes(buf[at : eol if eol >= 0 else cap])
+        if eol >= 0:
+            line = line.removesuffix(b"\r")
+        closing = line.endswith(b"--")
+        best = -1
+        for level, b in enumerate(bounds):
+            if line.startswith(b) and (best < 0 or len(bounds[best]) < len(b)):
+                best = level
+                if len(b) == len(line) or (closing and len(b) == len(line) - 2):
+                    break  # exactly this boundary: none can be better
+        return max(best, 0)
+
     def _stop(self, m: re.Match[bytes], bounds: tuple[bytes, ...], origin: int, group: int) -> _Stop:
         buf = self.buf
         nl = m.start()
         cut = nl - 1 if nl > origin and buf[nl - 1] == 13 else nl
         cut = max(cut, origin)
-        after = m.end()
+        at = m.start(group)
+        level = self._level(bounds, at)
+        after = at + len(bounds[level])
         close = buf[after : after + 2] == b"--"
         eol = buf.find(b"\n", after, self.limit)
         line_end = self.limit if eol < 0 else eol + 1
-        b = m.group(group)
-        return _Stop(cut, line_end, bounds.index(b), close)
+        return _Stop(cut, line_end, level, close)
 
     def _find_boundary(self, bounds: tuple[bytes, ...], pos: int) -> _Stop | None:
         if not bounds:
@@ -297,7 +333,7 @@ class _Parser:
         if bounds and body_start > hdr_end:
             stack = (boundary,) + bounds if boundary else bounds
             m = _patterns(stack)[2].match(buf, body_start, limit)
-            if m and (not boundary or stack.index(m.group(1)) > 0):
+            if m and (not boundary or self._level(stack, m.start(1)) > 0):
                 # An enclosing boundary right after the blank line: that line break
                 # belongs to the boundary, so the header block has no blank line.
                 part.body_start = part.end = hdr_end
@@ -344,3 +380,30 @@ def parse(buf: Buffer, start: int = 0, end: int | None = None, *,
     limit = len(buf) if end is None else min(end, len(buf))
     root, _ = _Parser(buf, limit, global_messages).entity(start, (), 0)
     return root
+
+
+def parse_header(buf: Buffer) -> Part:
+    """The root part with its header block only, the body left unparsed.
+
+    Exactly the header block ``parse`` finds for the root (the first empty
+    line ends it), for what needs nothing else (IMAP BODY[HEADER],
+    BODY[HEADER.FIELDS ...], RFC822.HEADER): no boundary is searched.
+    """
+    limit = len(buf)
+    part = Part(buf, 0, 0)
+    if buf[:1] == b"\n":
+        hdr_end, body_start = 0, 1
+    elif buf[:2] == b"\r\n":
+        hdr_end, body_start = 0, 2
+    else:
+        m = _BLANK_ONLY.search(buf, 0, limit)
+        if m is None:
+            hdr_end = body_start = limit
+        else:
+            hdr_end, body_start = m.start() + 1, m.end()
+    part.body_start = body_start
+    part.end = limit
+    parse_end = min(hdr_end, MAX_HEADER_PARSE)
+    part.header_truncated = parse_end < hdr_end
+    part.headers = Headers(split_fields(bytes(buf[:parse_end]), 0))
+    return part
