@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 #: Bumped whenever what is stored changes; rows of another version are recomputed.
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 #: ``(envelope, bodystructure, body, sort_json)``: a ``blob_cache`` row without its key.
 CacheRow = tuple[bytes, bytes, bytes, str]

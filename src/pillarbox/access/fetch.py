@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 from ..mime.encodings import IDENTITY_ENCODINGS
 from ..mime.imap import SectionError, fetch_binary, fetch_section, resolve_part
-from ..mime.parser import Part, parse
+from ..mime.parser import Part, parse, parse_header
 from ..protocols.imap.commands import FetchAttr, Section
 from ..store.base import MessageMeta
 from .cache import CacheEntry, compute_from
@@ -166,6 +166,15 @@ class _Message:
         self.computed = False
 
     @property
+    def header_root(self) -> Part:
+        """The root with its header block only, unless the whole tree is parsed."""
+        if self._root is not None:
+            return self._root
+        if self._data is None:
+            self._data = self._content()
+        return parse_header(self._data)
+
+    @property
     def root(self) -> Part:
         if self._root is None:
             if self._data is None:
@@ -207,9 +216,15 @@ def _echo(section: Section) -> bytes:
     return out
 
 
+_HEADER_ONLY = frozenset({"HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT"})
+
+
 def _body_section(msg: _Message, section: Section) -> bytes:
+    # The top-level header needs no part tree: the most common FETCH of mail
+    # clients' message lists (BODY.PEEK[HEADER.FIELDS (...)]) parses no body.
+    root = msg.header_root if not section.part and section.text in _HEADER_ONLY else msg.root
     try:
-        return fetch_section(msg.root, section.spec())
+        return fetch_section(root, section.spec())
     except SectionError:
         # e.g. 1.HEADER of a part that is not message/rfc822: nothing to give
         return b""
@@ -268,7 +283,7 @@ def _item(a: FetchAttr, meta: MessageMeta, msg: _Message) -> bytes:
     if name == "RFC822":
         return b"RFC822 " + _literal(msg.root.raw())
     if name == "RFC822.HEADER":
-        return b"RFC822.HEADER " + _literal(msg.root.header_bytes())
+        return b"RFC822.HEADER " + _literal(msg.header_root.header_bytes())
     if name == "RFC822.TEXT":
         return b"RFC822.TEXT " + _literal(msg.root.body_bytes())
     raise FetchError(f"unknown FETCH item {name!r}")  # the parser lets none through

@@ -160,6 +160,7 @@ class PendingEntry:
     size: int
     arrived: float
     recipients: tuple[tuple[int, str], ...]    # (index, forward path), pending ones
+    attempts: int = 0                          # earlier attempts (0: the first)
 
 
 class LocalDelivery(Protocol):
@@ -200,6 +201,11 @@ class LocalDelivery(Protocol):
     def finish(self, queue_id: str, copies: int) -> None:
         """Every recipient is settled: the entry goes, and with it the queue's reference
         to the blob; ``copies`` mailbox references are added."""
+        ...
+
+    def copies_made(self, queue_id: str) -> set[int]:
+        """The accounts that got a copy of the entry in an earlier attempt (by the
+        ``delivery`` keys of the copies still there)."""
         ...
 
     def keep(self, queue_id: str, copies: int) -> None:

@@ -35,6 +35,10 @@ if TYPE_CHECKING:
 _FLUSH_AT = 1 << 18   # write FETCH output to the socket every 256 KiB
 
 
+class MessageGone(Exception):
+    """The message was expunged between reading its metadata and its content."""
+
+
 class _Loader:
     """Content and cache entries of one command's messages, loaded once each."""
 
@@ -44,10 +48,25 @@ class _Loader:
         self.metas = metas
         self._cache: dict[str, CacheEntry | None] | None = None
         self.computed: dict[str, CacheEntry] = {}
+        self.gone: set[str] = set()
 
     def content(self, meta: MessageMeta) -> bytes:
+        """The message's octets; ``MessageGone`` if it was expunged meanwhile
+        (another session, another process): never an empty stand-in, which
+        would be rendered, and cached, as if it were the message."""
         data = self.s.ctx.store.message_bytes(self.mailbox_id, meta.uid)
-        return data if data is not None else b""
+        if data is None:
+            self.gone.add(meta.blob)
+            raise MessageGone(meta.uid)
+        return data
+
+    def lenient(self, meta: MessageMeta) -> bytes:
+        """``content`` for SEARCH, SORT and THREAD: a message gone meanwhile
+        matches nothing (and nothing computed from it is kept)."""
+        try:
+            return self.content(meta)
+        except MessageGone:
+            return b""
 
     def cache(self, meta: MessageMeta) -> CacheEntry | None:
         if self._cache is None:
@@ -56,7 +75,8 @@ class _Loader:
         return self._cache.get(meta.blob) or self.computed.get(meta.blob)
 
     def save(self) -> None:
-        rows = [(blob, *entry.to_row()) for blob, entry in self.computed.items()]
+        rows = [(blob, *entry.to_row()) for blob, entry in self.computed.items()
+                if blob not in self.gone]
         if rows:
             self.s.ctx.store.cache_put(rows)
 
@@ -132,20 +152,27 @@ async def fetch(s: IMAPSession, cmd: c.Fetch) -> None:
                     seen.add(m.uid)
     loader = _Loader(s, view.mailbox_id, metas)
     written = 0
+    gone = len(uids) - len(metas) if cmd.changedsince is None else 0
     try:
+        wants_cache = _wants_cache(cmd.attrs)
+        recent = not s.rev2 and bool(view.recent)   # \Recent to add to some (IMAP4rev1)
         for meta in metas:
             seq = view.seq_of(meta.uid)
             if seq is None:
                 continue
-            shown = _with_recent(s, meta)
-            result = render_fetch(
-                seq, shown, cmd.attrs,
-                content=lambda m=meta: loader.content(m),   # type: ignore[misc]
-                cache=loader.cache(meta) if _wants_cache(cmd.attrs) else None,
-                include_uid=cmd.uid,
-                modseq=cmd.changedsince is not None or (view.condstore and meta.uid in seen),
-                seen_set=meta.uid in seen,
-            )
+            shown = _with_recent(s, meta) if recent else meta
+            try:
+                result = render_fetch(
+                    seq, shown, cmd.attrs,
+                    content=lambda m=meta: loader.content(m),   # type: ignore[misc]
+                    cache=loader.cache(meta) if wants_cache else None,
+                    include_uid=cmd.uid,
+                    modseq=cmd.changedsince is not None or (view.condstore and meta.uid in seen),
+                    seen_set=meta.uid in seen,
+                )
+            except MessageGone:
+                gone += 1
+                continue
             if result.cache is not None:
                 loader.computed[meta.blob] = result.cache
             s.raw(result.line)
@@ -160,6 +187,12 @@ async def fetch(s: IMAPSession, cmd: c.Fetch) -> None:
         return
     loader.save()
     await s.sync(cmd, expunge=cmd.uid)
+    if gone and not cmd.uid:
+        # RFC 5530 §3 / RFC 2180 §4.1.3: messages the client still numbers were
+        # expunged by another session and their data is gone; the others were
+        # fetched.  OK with the code, as Dovecot answers.
+        s.ok(cmd.tag, "Some messages were already expunged", "EXPUNGEISSUED")
+        return
     s.ok(cmd.tag, "FETCH completed")
 
 
@@ -268,7 +301,7 @@ def _matches(s: IMAPSession, key: c.SearchKey, charset: str | None, uid: bool,
     found = run_search(
         key, candidates, largest_seq=view.exists,
         largest_uid=view.uids[-1] if view.uids else 0,
-        content=loader.content, cache=loader.cache,
+        content=loader.lenient, cache=loader.cache,
         saved=view.saved, now=time.time(), charset=charset, recent=view.recent,
         uid=False, computed=loader.computed,
     )
@@ -370,7 +403,7 @@ async def sort(s: IMAPSession, cmd: c.Sort) -> None:
     try:
         _, matched = _matches(s, cmd.key, cmd.charset, cmd.uid, loaders)
         loader = loaders[0]
-        ordered = run_sort(cmd.criteria, matched, cache=loader.cache, content=loader.content,
+        ordered = run_sort(cmd.criteria, matched, cache=loader.cache, content=loader.lenient,
                            uid=cmd.uid, computed=loader.computed)
     except (SearchError, SortError) as exc:
         s.no(cmd.tag, str(exc), getattr(exc, "code", None))
@@ -394,7 +427,7 @@ async def thread(s: IMAPSession, cmd: c.Thread) -> None:
         _, matched = _matches(s, cmd.key, cmd.charset, cmd.uid, loaders)
         loader = loaders[0]
         rendered = run_thread(cmd.algorithm, matched, cache=loader.cache,
-                              content=loader.content, uid=cmd.uid, computed=loader.computed)
+                              content=loader.lenient, uid=cmd.uid, computed=loader.computed)
     except (SearchError, ThreadError) as exc:
         s.no(cmd.tag, str(exc), getattr(exc, "code", None))
         return

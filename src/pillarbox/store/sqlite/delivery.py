@@ -49,15 +49,16 @@ class SQLiteDelivery:
         return self._store.directory(self._conn)
 
     def pending(self, queue_ids: list[str]) -> dict[str, PendingEntry]:
-        heads: dict[str, tuple[str, int, float]] = {}
+        heads: dict[str, tuple[str, int, float, int]] = {}
         recipients: dict[str, list[tuple[int, str]]] = {}
         for start in range(0, len(queue_ids), _CHUNK):
             chunk = queue_ids[start : start + _CHUNK]
             marks = ",".join("?" * len(chunk))
-            for qid, reverse_path, size, arrived in self._conn.execute(
-                f"SELECT id, reverse_path, size, arrived FROM queue WHERE id IN ({marks})", chunk
+            for qid, reverse_path, size, arrived, attempts in self._conn.execute(
+                f"SELECT id, reverse_path, size, arrived, attempts FROM queue WHERE id IN ({marks})",
+                chunk,
             ):
-                heads[qid] = (reverse_path, size, arrived)
+                heads[qid] = (reverse_path, size, arrived, attempts)
             for qid, idx, address in self._conn.execute(
                 "SELECT queue_id, idx, address FROM recipients"
                 f" WHERE queue_id IN ({marks}) AND status = 'pending' ORDER BY queue_id, idx",
@@ -65,8 +66,10 @@ class SQLiteDelivery:
             ):
                 recipients.setdefault(qid, []).append((idx, address))
         return {
-            qid: PendingEntry(qid, reverse_path, size, arrived, tuple(recipients.get(qid, ())))
-            for qid, (reverse_path, size, arrived) in heads.items()
+            qid: PendingEntry(
+                qid, reverse_path, size, arrived, tuple(recipients.get(qid, ())), attempts
+            )
+            for qid, (reverse_path, size, arrived, attempts) in heads.items()
         }
 
     def append_to_inbox(
@@ -98,6 +101,15 @@ class SQLiteDelivery:
         octets, count = self._added.get(account_id, (0, 0))
         return Quota(q.storage_used + octets, q.storage_limit,
                      q.messages_used + count, q.messages_limit)
+
+    def copies_made(self, queue_id: str) -> set[int]:
+        # Keys are 'queue id/recipient index/account id': a range of the
+        # unique index on ``delivery`` ('0' sorts right after '/').
+        rows = self._conn.execute(
+            "SELECT delivery FROM messages WHERE delivery >= ? AND delivery < ?",
+            (f"{queue_id}/", f"{queue_id}0"),
+        ).fetchall()
+        return {int(r[0].rsplit("/", 1)[1]) for r in rows}
 
     def keep(self, queue_id: str, copies: int) -> None:
         if copies:   # the queue keeps its reference; the new copies add theirs

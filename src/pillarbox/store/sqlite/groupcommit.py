@@ -12,6 +12,8 @@ makes durability cheap (DESIGN.md, storage model).
 from __future__ import annotations
 
 import concurrent.futures
+import fcntl
+import os
 import queue
 import sqlite3
 import threading
@@ -36,8 +38,11 @@ class Job:
 class GroupCommitter:
     """A daemon thread that commits jobs in groups."""
 
-    def __init__(self, connect: Callable[[], sqlite3.Connection], name: str = "group-commit"):
+    def __init__(self, connect: Callable[[], sqlite3.Connection], name: str = "group-commit",
+                 lock_path: Path | None = None):
         self._connect = connect
+        self._lock_path = lock_path
+        self._lock_fd: int | None = None
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._thread.start()
@@ -79,6 +84,32 @@ class GroupCommitter:
             self._commit(conn, batch)
         conn.close()
 
+    def _lock(self) -> bool:
+        """Wait for the data directory's write lock (``run/write.lock``).
+
+        SQLite lets one writer in at a time and makes the others poll with
+        sleeps that grow to 100 ms (its busy handler); with several
+        processes writing (the queue manager, every worker's IMAP writes,
+        the CLI), those sleeps, not the work, became the latency of every
+        write.  ``flock`` queues the writers in the kernel instead, and hands
+        the lock over the moment it is released.
+        """
+        if self._lock_path is None:
+            return False
+        if self._lock_fd is None:
+            try:
+                self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                                        0o600)
+            except OSError:
+                self._lock_path = None   # no run/ (a read-only copy?): SQLite's lock alone
+                return False
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        return True
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
     def _prepare(self, job: Job) -> BaseException | None:
         try:
             if job.prepare is not None:
@@ -101,8 +132,10 @@ class GroupCommitter:
             else:
                 job.future.set_exception(error)
         results: list[tuple[Job, Any, BaseException | None]] = []
+        locked = False
         try:
             sync_dirs(dirs)
+            locked = self._lock()
             conn.execute("BEGIN IMMEDIATE")
             for job in ready:
                 conn.execute("SAVEPOINT job")
@@ -121,10 +154,14 @@ class GroupCommitter:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
+            if locked:
+                self._unlock()
             for job in ready:
                 if not job.future.done():
                     job.future.set_exception(exc)
             return
+        if locked:
+            self._unlock()
         self.batches += 1
         for job, value, error in results:
             if error is None:

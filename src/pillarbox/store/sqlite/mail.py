@@ -111,6 +111,9 @@ class MailStoreMixin:
         @property
         def committer(self) -> Any: ...
 
+        @property
+        def advisory(self) -> Any: ...
+
     _notifier: Notifier | None = None
     # Cache rows handed to the committer and not yet committed, by blob.
     _cache_inflight: dict[str, tuple[Any, ...]] | None = None
@@ -331,7 +334,13 @@ class MailStoreMixin:
                 )
             return int(first), int(uidnext)
 
-        return await self._write(job)
+        row = self.reader.execute(
+            "SELECT first_recent_uid, uidnext FROM mailboxes WHERE id = ?", (mailbox_id,)
+        ).fetchone()
+        if row is not None and row[0] >= row[1]:
+            return int(row[1]), int(row[1])   # nothing to claim: no write at all
+        future = self.advisory.submit(job)
+        return await asyncio.shield(asyncio.wrap_future(future))  # type: ignore[no-any-return]
 
     def changes(self, mailbox_id: int, since_modseq: int) -> Changes:
         conn = self.reader
@@ -442,7 +451,7 @@ class MailStoreMixin:
             for r in rows:
                 inflight.pop(r[0], None)
 
-        self.committer.submit(job).add_done_callback(committed)
+        self.advisory.submit(job).add_done_callback(committed)
 
     # ----------------------------------------------------------- mailbox writes
 

@@ -78,6 +78,7 @@ class SQLiteStore(MailStoreMixin):
         self.run_dir = data_dir / "run"
         self._local = threading.local()
         self._committer: GroupCommitter | None = None
+        self._advisory: GroupCommitter | None = None
 
     # ------------------------------------------------------------- lifecycle
 
@@ -145,10 +146,35 @@ class SQLiteStore(MailStoreMixin):
         return conn
 
     @property
+    def write_lock(self) -> Path:
+        """Writers queue on this file's ``flock`` (``groupcommit.py``)."""
+        return self.run_dir / "write.lock"
+
+    @property
     def committer(self) -> GroupCommitter:
         if self._committer is None:
-            self._committer = GroupCommitter(self.connect)
+            self._committer = GroupCommitter(self.connect, lock_path=self.write_lock)
         return self._committer
+
+    @property
+    def advisory(self) -> GroupCommitter:
+        """A committer for writes nobody's promise depends on: the IMAP parse
+        cache and \\Recent claims.  ``synchronous=OFF``: no fsync of its own;
+        its pages reach the disk with the next durable commit of any process,
+        and a crash can at worst lose a cache row or make a message recent again.
+        """
+        if self._advisory is None:
+            def connect() -> sqlite3.Connection:
+                conn = self.connect()
+                conn.execute("PRAGMA synchronous=OFF")
+                # Never checkpoint from here: a checkpoint without fsync could let
+                # a durable writer reset the WAL over pages not yet on the disk.
+                conn.execute("PRAGMA wal_autocheckpoint=0")
+                return conn
+
+            self._advisory = GroupCommitter(connect, name="advisory-commit",
+                                            lock_path=self.write_lock)
+        return self._advisory
 
     def close(self) -> None:
         if self._notifier is not None:
@@ -157,6 +183,9 @@ class SQLiteStore(MailStoreMixin):
         if self._committer is not None:
             self._committer.close()
             self._committer = None
+        if self._advisory is not None:
+            self._advisory.close()
+            self._advisory = None
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
