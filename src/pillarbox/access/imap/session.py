@@ -184,6 +184,14 @@ class IMAPSession:
     async def handle(self, event: c.Event) -> None:
         """Execute one event from the core and send its answer."""
         if isinstance(event, c.BadCommand):
+            # A bad line instead of DONE or of an AUTHENTICATE answer ends that
+            # command (the core has left the mode): no more IDLE updates, which
+            # would otherwise go out with no command in progress (RFC 9051 §7.5.1).
+            if self.idling is not None and event.tag == self.idling:
+                self.idling = None
+            if self._auth is not None and event.tag == self._auth[0]:
+                self._auth[1].cancel()
+                self._auth = None
             self.core.send(r.rejection(event))
             return
         if isinstance(event, c.AuthResponse):
@@ -392,15 +400,20 @@ class IMAPSession:
         if view is None:
             return
         store = self.ctx.store
-        if box is None or box.id != view.mailbox_id:
-            box = store.mailbox_by_id(view.mailbox_id)
-        if box is None or box.uidvalidity != view.uidvalidity:
+        head: tuple[int, int, tuple[str, ...]] | None
+        if box is not None and box.id == view.mailbox_id:
+            head = (box.highestmodseq, box.uidvalidity, box.keywords)
+        else:
+            row = store.mailbox_head(view.mailbox_id)
+            head = None if row is None else (
+                row[0], row[1], tuple(row[2].split()) if row[2] else ())
+        if head is None or head[1] != view.uidvalidity:
             raise NoSuchMailbox(view.name)
-        if box.highestmodseq == view.modseq and not (expunge and view.pending):
+        highest, validity, keywords = head
+        if highest == view.modseq and not (expunge and view.pending):
             return
-        changes = _changes(store, view.mailbox_id, box.uidvalidity, view.modseq,
-                           box.highestmodseq)
-        update = view.refresh(changes, allow_expunge=expunge, keywords=box.keywords)
+        changes = _changes(store, view.mailbox_id, validity, view.modseq, highest)
+        update = view.refresh(changes, allow_expunge=expunge, keywords=keywords)
         claim = bool(update.new) and not view.readonly and not self.rev2
         self.render_update(update, recent=not claim)
         if claim:

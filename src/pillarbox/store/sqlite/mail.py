@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -115,6 +116,7 @@ class MailStoreMixin:
         def advisory(self) -> Any: ...
 
     _notifier: Notifier | None = None
+    _files = threading.local()   # per thread: open blob files for pread
     # Cache rows handed to the committer and not yet committed, by blob.
     _cache_inflight: dict[str, tuple[Any, ...]] | None = None
 
@@ -352,17 +354,23 @@ class MailStoreMixin:
             ).fetchone()
             if head is None:
                 raise NoSuchMailbox(f"mailbox {mailbox_id} is gone")
+            # No ORDER BY uid in SQL: with it SQLite walks the primary key
+            # (every message, every expunged UID of the mailbox) instead of the
+            # MODSEQ index, and this runs before every command's answer.
             changed = [self._meta(r) for r in conn.execute(
-                f"SELECT {self._META_COLUMNS} FROM messages WHERE mailbox = ? AND modseq > ?"
-                " ORDER BY uid",
+                f"SELECT {self._META_COLUMNS} FROM messages INDEXED BY messages_modseq"
+                " WHERE mailbox = ? AND modseq > ?",
                 (mailbox_id, since_modseq),
             )]
             expunged = [r[0] for r in conn.execute(
-                "SELECT uid FROM expunged WHERE mailbox = ? AND modseq > ? ORDER BY uid",
+                "SELECT uid FROM expunged INDEXED BY expunged_modseq"
+                " WHERE mailbox = ? AND modseq > ?",
                 (mailbox_id, since_modseq),
             )]
         finally:
             conn.execute("COMMIT")
+        changed.sort(key=lambda m: m.uid)
+        expunged.sort()
         return Changes(head[0], head[1], changed, expunged)
 
     def highestmodseq(self, mailbox_ids: list[int]) -> dict[int, int]:
@@ -390,23 +398,72 @@ class MailStoreMixin:
         return out
 
     def expunged_since(self, mailbox_id: int, since_modseq: int) -> list[int]:
-        return [r[0] for r in self.reader.execute(
-            "SELECT uid FROM expunged WHERE mailbox = ? AND modseq > ? ORDER BY uid",
+        return sorted(r[0] for r in self.reader.execute(
+            "SELECT uid FROM expunged INDEXED BY expunged_modseq"
+            " WHERE mailbox = ? AND modseq > ?",
             (mailbox_id, since_modseq),
-        )]
+        ))
 
     def message_bytes(self, mailbox_id: int, uid: int) -> bytes | None:
+        """The message as a client sees it (its prefix, then the blob), or None.
+
+        One query finds both the copy and where its blob lies; the file is
+        read with ``pread`` on a descriptor kept open per thread (blob and
+        segment names are never reused, and an open file stays readable
+        after compaction unlinks it, its bytes unchanged).
+        """
         row = self.reader.execute(
-            "SELECT prefix, blob FROM messages WHERE mailbox = ? AND uid = ?", (mailbox_id, uid)
+            "SELECT m.prefix, m.blob, b.segment, b.offset, b.size FROM messages m"
+            " JOIN blobs b ON b.id = m.blob WHERE m.mailbox = ? AND m.uid = ?",
+            (mailbox_id, uid),
         ).fetchone()
         if row is None:
             return None
-        prefix, blob = row
-        try:
-            data = self.read_blob(blob)  # type: ignore[attr-defined]
-        except (NotFound, FileNotFoundError):
-            return None   # expunged (and collected) between the two reads
+        prefix, blob, segment, offset, size = row
+        data = self._pread(self.blobs.path(segment or blob), offset, size)
+        if data is None:
+            try:   # moved by compaction meanwhile: look it up again
+                data = self.read_blob(blob)  # type: ignore[attr-defined]
+            except (NotFound, FileNotFoundError):
+                return None   # expunged (and collected) between the two reads
         return bytes(prefix) + data if prefix else data
+
+    _MAX_OPEN = 64
+
+    def _pread(self, path: Path, offset: int, size: int) -> bytes | None:
+        local = self._files
+        fds: dict[Path, int] | None = getattr(local, "fds", None)
+        if fds is None:
+            fds = local.fds = {}
+        fd = fds.pop(path, None)
+        if fd is None:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return None
+            while len(fds) >= self._MAX_OPEN:
+                os.close(fds.pop(next(iter(fds))))
+        fds[path] = fd   # most recently used last
+        data = os.pread(fd, size, offset)
+        if len(data) != size:
+            raise StoreError(f"blob file {path} is truncated")
+        return data
+
+    def close_files(self) -> None:
+        fds: dict[Path, int] | None = getattr(self._files, "fds", None)
+        for fd in (fds or {}).values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if fds:
+            fds.clear()
+
+    def mailbox_head(self, mailbox_id: int) -> tuple[int, int, str] | None:
+        """(HIGHESTMODSEQ, UIDVALIDITY, keywords) of a mailbox: the check before
+        every IMAP answer, without building a ``Mailbox``."""
+        return self.reader.execute(  # type: ignore[no-any-return]
+            "SELECT highestmodseq, uidvalidity, keywords FROM mailboxes WHERE id = ?",
+            (mailbox_id,),
+        ).fetchone()
 
     def cache_get(self, blob_ids: list[str]) -> dict[str, tuple[Any, ...]]:
         out: dict[str, tuple[Any, ...]] = {}
@@ -773,7 +830,9 @@ class MailStoreMixin:
             rows.sort()
             if not rows:
                 return validity, [], []
-            if target_id != mailbox_id or not move:
+            if not move:
+                # A MOVE stays in the account and uses no more space; checking
+                # it would keep a user over quota from moving mail to the Trash.
                 self._check_quota(conn, target_id, sum(r[3] for r in rows), len(rows))
             now = time.time()
             pairs = [(r[0], uidnext + i) for i, r in enumerate(rows)]
@@ -894,6 +953,18 @@ class MailStoreMixin:
         return files
 
     def _unlink(self, names: Iterable[str | Path]) -> None:
+        """Remove files no row names any more, off the event loop when there is one."""
+        paths = list(names)
+        if not paths:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._unlink_now(paths)
+            return
+        loop.run_in_executor(None, self._unlink_now, paths)
+
+    def _unlink_now(self, names: Iterable[str | Path]) -> None:
         for name in names:
             path = name if isinstance(name, Path) else self.blobs.path(name)
             with contextlib.suppress(FileNotFoundError):

@@ -177,6 +177,7 @@ class SQLiteStore(MailStoreMixin):
         return self._advisory
 
     def close(self) -> None:
+        self.close_files()
         if self._notifier is not None:
             self._notifier.close()
             self._notifier = None
