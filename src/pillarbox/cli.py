@@ -6,9 +6,12 @@
     pillarbox config check [FILE]
     pillarbox domain add|list|remove …
     pillarbox user add|list|passwd|remove …
+    pillarbox user quota ADDRESS [--storage SIZE] [--messages N]
     pillarbox alias add|list|remove …
     pillarbox queue list|show|delete …
     pillarbox mailbox list USER
+    pillarbox mailbox import ADDRESS PATH [--format F] [--mailbox NAME] [--dry-run]
+    pillarbox mailbox export ADDRESS PATH [--format maildir|mbox] [--mailbox NAME]...
 
 The configuration is ``-c FILE``, else ``./pillarbox.toml`` if there is one,
 else the development defaults (DESIGN.md), so that the CLI run from the folder
@@ -113,6 +116,8 @@ def resolve_config(args: argparse.Namespace) -> tuple[Config, bool]:
     dev_mode = path is None
     if dev_mode:
         overrides.setdefault("server.hostname", DEV_HOSTNAME)
+        # Development: passwords in clear on loopback (DESIGN.md, security stance).
+        overrides.setdefault("auth.allow_plaintext_on_loopback", "true")
     return load_config(path, overrides), dev_mode
 
 
@@ -275,9 +280,57 @@ def _cmd_user_list(args: argparse.Namespace) -> int:
     if not users:
         print("no accounts")
         return 0
+    if any(u.storage_limit or u.messages_limit for u in users):
+        _table(
+            ("ADDRESS", "MESSAGES", "INBOX", "SIZE", "QUOTA"),
+            [(u.address, u.messages, u.inbox, u.size, _limits(u.storage_limit, u.messages_limit))
+             for u in users],
+        )
+        return 0
     _table(
         ("ADDRESS", "MESSAGES", "INBOX", "SIZE"),
         [(u.address, u.messages, u.inbox, u.size) for u in users],
+    )
+    return 0
+
+
+def _limits(storage: int | None, messages: int | None) -> str:
+    parts = [commands.format_size(storage)] if storage else []
+    parts += [f"{messages} messages"] if messages else []
+    return ", ".join(parts)
+
+
+def _cmd_user_quota(args: argparse.Namespace) -> int:
+    changes: dict[str, int | None] = {}
+    if args.storage is not None:
+        changes["storage"] = commands.parse_size(args.storage)
+    if args.messages is not None:
+        changes["messages"] = commands.parse_count(args.messages)
+    with _open_store(args) as store:
+        if changes:
+            address, quota = commands.set_quota(store, args.address, **changes)
+            limits = _limits(quota.storage_limit, quota.messages_limit) or "no limit"
+            print(f"set the quota of {address}: {limits}")
+        else:
+            address, quota = commands.get_quota(store, args.address)
+            print(address)
+    fmt = commands.format_size
+
+    def use(used: int, limit: int | None) -> str:
+        if not limit:
+            return ""
+        return f"{100 * used / limit:.0f} %" + (" (full)" if used >= limit else "")
+
+    _table(
+        ("RESOURCE", "USED", "LIMIT", "USE"),
+        [
+            ("storage", fmt(quota.storage_used),
+             fmt(quota.storage_limit) if quota.storage_limit else "none",
+             use(quota.storage_used, quota.storage_limit)),
+            ("messages", str(quota.messages_used),
+             str(quota.messages_limit) if quota.messages_limit else "none",
+             use(quota.messages_used, quota.messages_limit)),
+        ],
     )
     return 0
 
@@ -417,6 +470,50 @@ def _cmd_mailbox_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_mailbox_import(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from pillarbox.admin import mailbox_io
+
+    def progress(text: str) -> None:
+        if sys.stderr.isatty():   # a person watching; not a log or a pipe
+            print(text, file=sys.stderr)
+
+    with _open_store(args) as store:
+        report = asyncio.run(mailbox_io.import_mail(
+            store, args.address, args.path, fmt=args.format, mailbox=args.mailbox,
+            layout=args.layout, dry_run=args.dry_run, progress=progress, warn=_warn,
+        ))
+    _table(
+        ("MAILBOX", "FOUND", "IMPORTED", "DUPLICATES", "UNREADABLE", "SIZE", ""),
+        [(m.name, m.found, m.imported, m.duplicates, m.skipped, m.size,
+          "(new)" if m.created else "") for m in report.mailboxes],
+    )
+    verb = "would import" if report.dry_run else "imported"
+    read = sum(m.found for m in report.mailboxes)
+    rate = read / report.seconds if report.seconds > 0 else 0.0
+    boxes = len(report.mailboxes)
+    print(f"{verb} {report.imported} messages into {boxes} mailbox{'es' if boxes != 1 else ''}, "
+          f"skipped {report.duplicates} already there, in {report.seconds:.1f} s "
+          f"({rate:.0f} messages read/s)")
+    return 0
+
+
+def _cmd_mailbox_export(args: argparse.Namespace) -> int:
+    from pillarbox.admin import mailbox_io
+
+    with _open_store(args) as store:
+        report = mailbox_io.export_mail(
+            store, args.address, args.path, fmt=args.format, mailboxes=args.mailboxes,
+            layout=args.layout, warn=_warn,
+        )
+    _table(("MAILBOX", "MESSAGES"), report.mailboxes)
+    boxes = len(report.mailboxes)
+    print(f"exported {report.messages} messages from {boxes} mailbox{'es' if boxes != 1 else ''} "
+          f"to {report.path} ({args.format}) in {report.seconds:.1f} s")
+    return 0
+
+
 # ---------------------------------------------------------------------- parser
 
 
@@ -487,6 +584,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("address", metavar="ADDRESS")
     p = leaf(g, "remove", _cmd_user_remove, "remove an account, its mailboxes and its mail")
     p.add_argument("address", metavar="ADDRESS")
+    p = leaf(g, "quota", _cmd_user_quota,
+             "show an account's usage and limits, or set them (mail over a limit waits: "
+             "452 4.2.2 at RCPT, NO [OVERQUOTA] on IMAP APPEND)")
+    p.add_argument("address", metavar="ADDRESS")
+    p.add_argument("--storage", metavar="SIZE",
+                   help="octets over all mailboxes: 500M, 1G (1024-based), 0 or none: no limit")
+    p.add_argument("--messages", metavar="N", help="messages over all mailboxes; 0 or none: "
+                   "no limit")
 
     g = group("alias", "aliases; @domain is the domain's catch-all")
     p = leaf(g, "add", _cmd_alias_add, "deliver mail for SOURCE to local TARGETs")
@@ -510,5 +615,31 @@ def build_parser() -> argparse.ArgumentParser:
     g = group("mailbox", "mailboxes of an account")
     p = leaf(g, "list", _cmd_mailbox_list, "list an account's mailboxes")
     p.add_argument("user", metavar="USER")
+    p = leaf(g, "import", _cmd_mailbox_import,
+             "import a Maildir (Dovecot, Courier) or mbox into an account; "
+             "messages already there are skipped, so an interrupted import can be run again")
+    p.add_argument("address", metavar="ADDRESS")
+    p.add_argument("path", type=Path, metavar="PATH",
+                   help="a Maildir, an mbox file, or a folder of mbox files")
+    p.add_argument("--format", choices=("auto", "maildir", "mbox"), default="auto",
+                   help="default: a folder with cur/ or new/ is a Maildir, a file an mbox")
+    p.add_argument("--mailbox", metavar="NAME",
+                   help="where the Maildir's root or the mbox goes (default INBOX); "
+                   "the Maildir's folders go below it")
+    p.add_argument("--layout", choices=("auto", "maildir++", "fs"), default="auto",
+                   help="Maildir folders: .Work.Projects (maildir++) or Work/Projects "
+                   "(Dovecot's LAYOUT=fs); default: as found")
+    p.add_argument("--dry-run", action="store_true",
+                   help="read everything and report what would be imported; change nothing")
+    p = leaf(g, "export", _cmd_mailbox_export,
+             "export an account's mailboxes as a Dovecot-compatible Maildir or as mboxrd")
+    p.add_argument("address", metavar="ADDRESS")
+    p.add_argument("path", type=Path, metavar="PATH",
+                   help="a new (or empty) directory; for one --mailbox in mbox, a file")
+    p.add_argument("--format", choices=("maildir", "mbox"), default="maildir")
+    p.add_argument("--mailbox", metavar="NAME", action="append", dest="mailboxes",
+                   help="export only this mailbox (repeatable; default: all)")
+    p.add_argument("--layout", choices=("maildir++", "fs"), default="maildir++",
+                   help="Maildir folders as .Work.Projects (default) or Work/Projects")
 
     return parser

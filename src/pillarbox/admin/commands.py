@@ -15,6 +15,7 @@ in clear only to be hashed (argon2id and SCRAM-SHA-256 secrets,
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,14 @@ from pillarbox.admin.names import (
     unicode_domain,
 )
 from pillarbox.auth.passwords import make_secrets
-from pillarbox.store.base import Account, AlreadyExists, MailboxInfo, NotFound, QueueEntry
+from pillarbox.store.base import (
+    Account,
+    AlreadyExists,
+    MailboxInfo,
+    NotFound,
+    QueueEntry,
+    Quota,
+)
 from pillarbox.store.sqlite.store import SQLiteStore
 
 __all__ = [
@@ -39,11 +47,15 @@ __all__ = [
     "add_user",
     "check_new_user",
     "dangling_aliases",
+    "format_size",
+    "get_quota",
     "list_aliases",
     "list_domains",
     "list_mailboxes",
     "list_users",
     "message_head",
+    "parse_count",
+    "parse_size",
     "queue_delete",
     "queue_list",
     "queue_show",
@@ -52,6 +64,7 @@ __all__ = [
     "remove_user",
     "require_user",
     "set_password",
+    "set_quota",
 ]
 
 # How much of a queued message ``queue show`` reads: the header section, bounded.
@@ -116,6 +129,8 @@ class UserInfo:
     messages: int        # in all mailboxes
     inbox: int           # of which in INBOX
     size: int            # bytes in all mailboxes
+    storage_limit: int | None = None     # quota, octets
+    messages_limit: int | None = None    # quota, messages
 
 
 def check_new_user(store: SQLiteStore, address: str) -> str:
@@ -171,13 +186,99 @@ def list_users(store: SQLiteStore, domain: str | None = None) -> list[UserInfo]:
     for account in store.list_accounts(name):
         boxes = store.list_mailboxes(account.address)
         inbox = sum(b.messages for b in boxes if b.name == "INBOX")
+        quota = store.quota_if_limited(account.id)
         out.append(UserInfo(
             account.address,
             sum(b.messages for b in boxes),
             inbox,
             sum(b.size for b in boxes),
+            quota.storage_limit if quota else None,
+            quota.messages_limit if quota else None,
         ))
     return out
+
+
+# ----------------------------------------------------------------------- quota
+#
+# Limits per account (RFC 9208 STORAGE and MESSAGE): enforced on IMAP APPEND
+# and COPY (NO [OVERQUOTA]), at RCPT (452 4.2.2) and at local delivery.
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?", re.IGNORECASE | re.ASCII)
+NO_LIMIT = ("0", "none")
+_MAX_LIMIT = 1 << 60
+
+
+def parse_size(text: str) -> int | None:
+    """A storage limit as typed: ``1G``, ``500M``, ``1.5GiB``, ``2048`` (octets);
+    binary units, as Dovecot reads them.  ``0`` or ``none``: no limit (None)."""
+    value = text.strip()
+    if value.lower() in NO_LIMIT:
+        return None
+    m = _SIZE.fullmatch(value)
+    if m is None:
+        raise AdminError(
+            f"bad size {text!r}: expected a number of octets with an optional unit "
+            "K, M, G or T (1024-based), such as 500M or 1G, or 0/none for no limit"
+        )
+    number = float(m.group(1))
+    if number == 0:
+        return None
+    octets = int(number * _UNITS[m.group(2).upper()])
+    if not 1 <= octets <= _MAX_LIMIT:
+        raise AdminError(f"bad size {text!r}: out of range (1 octet to 1 EiB)")
+    return octets
+
+
+def parse_count(text: str) -> int | None:
+    """A message limit as typed: a whole number; ``0`` or ``none``: no limit (None)."""
+    value = text.strip()
+    if value.lower() in NO_LIMIT:
+        return None
+    if not value.isascii() or not value.isdigit():
+        raise AdminError(f"bad message count {text!r}: expected a whole number, or 0/none "
+                         "for no limit")
+    count = int(value)
+    if count > _MAX_LIMIT:
+        raise AdminError(f"bad message count {text!r}: out of range")
+    return count or None
+
+
+def format_size(octets: int) -> str:
+    """``1 GiB``, ``1.5 MiB``, ``812 B``: what a person reads in a listing."""
+    for unit, name in ((1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+        if octets >= unit:
+            value = octets / unit
+            return f"{value:.0f} {name}" if octets % unit == 0 else f"{value:.1f} {name}"
+    return f"{octets} B"
+
+
+def get_quota(store: SQLiteStore, address: str) -> tuple[str, Quota]:
+    """An account's usage over all its mailboxes, and its limits."""
+    addr = normalize_address(address)
+    account = store.directory().find_account(addr)
+    if account is None:
+        raise NotFound(f"no account {addr}")
+    return addr, store.quota(account.id)
+
+
+_KEEP: object = object()
+
+
+def set_quota(
+    store: SQLiteStore, address: str, *, storage: int | None | object = _KEEP,
+    messages: int | None | object = _KEEP,
+) -> tuple[str, Quota]:
+    """Set an account's limits (None: no limit); a limit not given stays as it was.
+
+    Lowering a limit below the usage is allowed, as in Dovecot: nothing is
+    removed, new mail waits (452 4.2.2) until the account is under it again.
+    """
+    addr, current = get_quota(store, address)
+    new_storage = current.storage_limit if storage is _KEEP else storage
+    new_messages = current.messages_limit if messages is _KEEP else messages
+    store.set_quota(addr, new_storage, new_messages)  # type: ignore[arg-type]
+    return get_quota(store, addr)
 
 
 def list_mailboxes(store: SQLiteStore, address: str) -> list[MailboxInfo]:

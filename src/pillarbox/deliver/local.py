@@ -17,6 +17,18 @@ Every outcome is permanent or transient (STYLE.md rule 5): a recipient that
 no longer resolves is a permanent failure; a database error is transient and
 the whole entry is retried later.
 
+Quota: a recipient whose account is full (the copy would pass its storage or
+message limit, RFC 9208) fails transiently with ``452 4.2.2 Mailbox full``,
+as Dovecot's LMTP answers: it stays pending and the queue manager defers the
+entry, while the other recipients of the entry and of the batch are
+delivered.  The RCPT check (``pillarbox.receive.session``) refuses most such
+mail at the door; this catches what was accepted while there was room.  A
+recipient that reaches several accounts (an alias) waits whole if one of
+them is full: delivering to the others now and again at the retry would give
+them two copies.  A retry skips the accounts that got their copy in an
+earlier attempt through another recipient of the entry (found by the copies'
+``delivery`` keys), so the one-copy-per-account rule holds across attempts.
+
 This module is the policy; the reads and writes are the store's
 (``LocalDelivery`` in ``pillarbox.store.base``, for SQLite
 ``pillarbox.store.sqlite.delivery``), so another backend slots in here
@@ -29,9 +41,11 @@ import time
 from dataclasses import dataclass
 
 from pillarbox.deliver.recipients import Verdict, cached, resolve, split_address
-from pillarbox.store.base import Delivered, LocalDelivery
+from pillarbox.protocols.smtp.reply import MAILBOX_FULL
+from pillarbox.store.base import Delivered, LocalDelivery, Quota
 
 GONE = "550 5.1.1 No such user here (it went away after the message was accepted)"
+FULL = str(MAILBOX_FULL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +58,15 @@ class Failure:
 
 def _prefix(reverse_path: str, recipient: str) -> bytes:
     return f"Return-Path: <{reverse_path}>\r\nDelivered-To: {recipient}\r\n".encode()
+
+
+def would_exceed(q: Quota | None, size: int) -> bool:
+    """Whether one more message of ``size`` octets passes a limit (as APPEND checks)."""
+    if q is None:
+        return False
+    if q.storage_limit is not None and q.storage_used + size > q.storage_limit:
+        return True
+    return q.messages_limit is not None and q.messages_used + 1 > q.messages_limit
 
 
 def deliver_batch(
@@ -64,7 +87,10 @@ def deliver_batch(
         if entry is None:
             continue  # deleted meanwhile (queue delete), or listed twice
         copies = 0
-        reached: set[int] = set()  # one copy per mailbox, however many recipients lead there
+        waiting = False  # a recipient failed transiently: the entry stays
+        # One copy per mailbox, however many recipients lead there, and
+        # whichever attempt made it (a retry after a full mailbox).
+        reached = batch.copies_made(queue_id) if entry.attempts else set()
         for idx, address in entry.recipients:
             local, domain = split_address(address)
             resolution = resolve(directory, local, domain, delimiters)
@@ -74,9 +100,13 @@ def deliver_batch(
                 continue
             prefix = _prefix(entry.reverse_path, address)
             size = entry.size + len(prefix)
-            for account in resolution.accounts:
-                if account.id in reached:
-                    continue
+            accounts = [a for a in resolution.accounts if a.id not in reached]
+            if any(would_exceed(batch.quota(a.id), size) for a in accounts):
+                batch.settle(queue_id, idx, "pending", FULL)
+                failures.append(Failure(queue_id, address, FULL, False))
+                waiting = True
+                continue
+            for account in accounts:
                 reached.add(account.id)
                 uid = batch.append_to_inbox(
                     account.id, queue_id, prefix, size, now, f"{queue_id}/{idx}/{account.id}"
@@ -87,7 +117,10 @@ def deliver_batch(
                     size, now - entry.arrived,
                 ))
             batch.settle(queue_id, idx, "delivered", "250 2.0.0 delivered")
-        # Every pending recipient is settled now: the queue's own reference goes.
-        batch.finish(queue_id, copies)
+        if waiting:
+            batch.keep(queue_id, copies)
+        else:
+            # Every pending recipient is settled now: the queue's own reference goes.
+            batch.finish(queue_id, copies)
     batch.flush()
     return delivered, failures

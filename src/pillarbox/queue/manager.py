@@ -225,6 +225,9 @@ class QueueManager:
                     self._defer(fresh, f"451 4.3.0 {cycle.delivery_error}")))
             else:
                 self._report(cycle.delivered, cycle.failures)
+                if any(not f.permanent for f in cycle.failures):
+                    # The fresh entries' lease keeps the poll away until this commits.
+                    self._tasks.add(asyncio.ensure_future(self._defer_waiting(cycle.failures)))
         for arrival, exc in zip(batch, outcome):
             if exc is None:
                 self._fresh.append(arrival.blob_id)
@@ -322,6 +325,17 @@ class QueueManager:
             await self._defer(ids, f"451 4.3.0 {exc}")
             return
         self._report(delivered, failures)
+        await self._defer_waiting(failures)   # before the poll could take them again
+
+    async def _defer_waiting(self, failures: list[Failure]) -> None:
+        """Defer the entries with a recipient that failed transiently (a full mailbox:
+        it stays pending), with the same back-off as a failed batch."""
+        waiting = {f.queue_id: f.reply for f in failures if not f.permanent}
+        by_reply: dict[str, list[str]] = {}
+        for queue_id, reply in waiting.items():
+            by_reply.setdefault(reply, []).append(queue_id)
+        for reply, ids in by_reply.items():
+            await self._defer(ids, reply)
 
     def _report(self, delivered: list[Delivered], failures: list[Failure]) -> None:
         if delivered:
