@@ -8,6 +8,7 @@ RFC 4315 (APPENDUID), RFC 3502 (MULTIAPPEND), RFC 9208 (QUOTA).
 
 from __future__ import annotations
 
+import bisect
 from typing import TYPE_CHECKING
 
 from pillarbox.access.imap.listing import list_mailboxes
@@ -71,8 +72,11 @@ async def select(s: IMAPSession, cmd: c.Select) -> None:
         s.bad(cmd.tag, "QRESYNC must be enabled first (ENABLE QRESYNC)")
         return
     store = s.ctx.store
-    messages = store.messages(box.id)
-    box = store.mailbox_by_id(box.id) or box   # counters after the read
+    snap = store.snapshot(box.id)
+    if snap is None:
+        s.no(cmd.tag, f"Mailbox does not exist: {cmd.mailbox}", "NONEXISTENT")
+        return
+    box, uids, first_unseen = snap
     recent: set[int] = set()
     if not s.rev2:
         if cmd.readonly:
@@ -80,12 +84,14 @@ async def select(s: IMAPSession, cmd: c.Select) -> None:
             first, end = store.first_recent_uid(box.id), 1 << 62
         else:
             first, end = await store.claim_recent(box.id)
-        recent = {m.uid for m in messages if first <= m.uid < end}
-    view = SelectedMailbox(box, messages, readonly=cmd.readonly, recent=recent)
+        if uids and uids[-1] >= first:
+            lo = bisect.bisect_left(uids, first)
+            recent = {u for u in uids[lo:] if u < end}
+    view = SelectedMailbox(box, uids, readonly=cmd.readonly, recent=recent)
     view.condstore = cmd.condstore or cmd.qresync is not None or "CONDSTORE" in s.enabled
     view.qresync = "QRESYNC" in s.enabled
     flags = s.flags_of(view)
-    s.untagged(b"%d EXISTS" % len(messages))
+    s.untagged(b"%d EXISTS" % len(uids))
     if not s.rev2:
         s.untagged(b"%d RECENT" % len(recent))
     s.untagged(b"FLAGS " + flag_list(flags))
@@ -93,8 +99,8 @@ async def select(s: IMAPSession, cmd: c.Select) -> None:
         s.untagged(b"OK [PERMANENTFLAGS ()] Read-only mailbox")
     else:
         s.untagged(b"OK [PERMANENTFLAGS " + flag_list(flags + ["\\*"]) + b"] Flags permitted")
-    if not s.rev2:
-        unseen = next((i for i, m in enumerate(messages, 1) if "\\Seen" not in m.flags), None)
+    if not s.rev2 and first_unseen is not None:
+        unseen = view.seq_of(first_unseen)
         if unseen is not None:
             s.untagged(b"OK [UNSEEN %d] First unseen" % unseen)
     s.untagged(b"OK [UIDVALIDITY %d] UIDs valid" % box.uidvalidity)
@@ -103,29 +109,32 @@ async def select(s: IMAPSession, cmd: c.Select) -> None:
     if s.rev2:
         s.untagged(b"LIST () \"/\" " + mailbox_name(box.name, s.utf8))
     if cmd.qresync is not None and cmd.qresync.uidvalidity == box.uidvalidity:
-        _qresync(s, view, messages, cmd.qresync)
+        _qresync(s, view, cmd.qresync)
     s.select_view(view)
     code = "READ-ONLY" if cmd.readonly else "READ-WRITE"
     s.ok(cmd.tag, f"{verb} completed", code)
 
 
-def _qresync(s: IMAPSession, view: SelectedMailbox, messages: list, q: c.QResyncParams) -> None:
-    """RFC 7162 §3.2.5.1: what changed since the client's MODSEQ."""
+def _qresync(s: IMAPSession, view: SelectedMailbox, q: c.QResyncParams) -> None:
+    """RFC 7162 §3.2.5.1: what changed since the client's MODSEQ, read through
+    the MODSEQ indexes (nothing else of the mailbox is read)."""
     largest = view.uids[-1] if view.uids else 0
-    known = None
-    if q.known_uids is not None:
-        known = q.known_uids
-    gone = s.ctx.store.expunged_since(view.mailbox_id, q.modseq)
+    known = q.known_uids
+    store = s.ctx.store
+    gone = store.expunged_since(view.mailbox_id, q.modseq)
     if known is not None:
         gone = [u for u in gone if known.contains(u, max(largest, gone[-1] if gone else 0))]
     if gone:
         s.untagged(b"VANISHED (EARLIER) " + sequence_set(gone))
-    for seq, meta in enumerate(messages, 1):
-        if meta.modseq > q.modseq:
-            if known is not None and not known.contains(meta.uid, largest):
-                continue
-            s.untagged(b"%d FETCH (UID %d FLAGS %s MODSEQ (%d))"
-                       % (seq, meta.uid, flag_list(meta.flags), meta.modseq))
+    changes = store.changes(view.mailbox_id, q.modseq)
+    for meta in changes.changed:
+        seq = view.seq_of(meta.uid)
+        if seq is None or meta.modseq > view.modseq:
+            continue   # arrived after the snapshot: the next sync tells it
+        if known is not None and not known.contains(meta.uid, largest):
+            continue
+        s.untagged(b"%d FETCH (UID %d FLAGS %s MODSEQ (%d))"
+                   % (seq, meta.uid, flag_list(meta.flags), meta.modseq))
 
 
 # ------------------------------------------------------------------ CREATE and co.

@@ -124,19 +124,22 @@ async def fetch(s: IMAPSession, cmd: c.Fetch) -> None:
     if uids is None:
         return
     store = s.ctx.store
-    metas = store.messages_by_uid(view.mailbox_id, uids) if uids else []
     modseq = view.condstore or cmd.changedsince is not None or any(
         a.name == "MODSEQ" for a in cmd.attrs)
     if modseq:
         enable_condstore(s)
+    if cmd.changedsince is not None and cmd.vanished:
+        gone_uids = store.expunged_since(view.mailbox_id, cmd.changedsince)
+        largest = view.uids[-1] if view.uids else 0
+        gone_uids = [u for u in gone_uids if cmd.sequence.contains(u, max(largest, u))]
+        if gone_uids:
+            s.untagged(b"VANISHED (EARLIER) " + sequence_set(gone_uids))
+    if all(a.name in _FLAG_ITEMS for a in cmd.attrs):
+        await _fetch_flags(s, cmd, uids)
+        return
+    metas = store.messages_by_uid(view.mailbox_id, uids) if uids else []
     if cmd.changedsince is not None:
         metas = [m for m in metas if m.modseq > cmd.changedsince]
-        if cmd.vanished:
-            gone = store.expunged_since(view.mailbox_id, cmd.changedsince)
-            largest = view.uids[-1] if view.uids else 0
-            gone = [u for u in gone if cmd.sequence.contains(u, max(largest, u))]
-            if gone:
-                s.untagged(b"VANISHED (EARLIER) " + sequence_set(gone))
     seen: set[int] = set()
     if not view.readonly:
         want = [m.uid for m in metas if sets_seen(m, cmd.attrs)]
@@ -191,6 +194,76 @@ async def fetch(s: IMAPSession, cmd: c.Fetch) -> None:
         # RFC 5530 §3 / RFC 2180 §4.1.3: messages the client still numbers were
         # expunged by another session and their data is gone; the others were
         # fetched.  OK with the code, as Dovecot answers.
+        s.ok(cmd.tag, "Some messages were already expunged", "EXPUNGEISSUED")
+        return
+    s.ok(cmd.tag, "FETCH completed")
+
+
+_FLAG_ITEMS = frozenset({"FLAGS", "UID", "MODSEQ"})
+RECENT = "\\Recent"
+
+
+async def _fetch_flags(s: IMAPSession, cmd: c.Fetch, uids: list[int]) -> None:
+    """FETCH of FLAGS, UID and MODSEQ only: what clients ask most, for whole
+    mailboxes (``UID FETCH 1:* (FLAGS)``).  Reads three columns over the UID
+    range, renders each line from the stored flags text (a few distinct
+    values, rendered once each), numbers messages by walking the view, and
+    writes in large pieces."""
+    from pillarbox.access.fetch import format_flags
+
+    view = _view(s)
+    names = [a.name for a in cmd.attrs]
+    if cmd.uid and "UID" not in names:
+        names.insert(0, "UID")
+    if cmd.changedsince is not None and "MODSEQ" not in names:
+        names.append("MODSEQ")
+    rows = s.ctx.store.flag_rows(view.mailbox_id, uids[0], uids[-1]) if uids else []
+    wanted = None if len(uids) == view.exists else set(uids)
+    since = cmd.changedsince
+    recent = view.recent if not s.rev2 else set()
+    rendered: dict[tuple[frozenset[str], bool], bytes] = {}
+    chunk: list[bytes] = []
+    size = 0
+    found = 0
+    i = 0
+    view_uids = view.uids
+    n = len(view_uids)
+    for uid, text, mseq in rows:
+        while i < n and view_uids[i] < uid:
+            i += 1
+        if i >= n or view_uids[i] != uid:
+            continue          # arrived after the view was made: not numbered yet
+        if wanted is not None and uid not in wanted:
+            continue
+        found += 1
+        if since is not None and mseq <= since:
+            continue
+        items = []
+        for name in names:
+            if name == "UID":
+                items.append(b"UID %d" % uid)
+            elif name == "FLAGS":
+                key = (text, uid in recent)
+                flags = rendered.get(key)
+                if flags is None:
+                    flags = rendered[key] = format_flags(
+                        text | {RECENT} if key[1] else text)
+                items.append(b"FLAGS " + flags)
+            else:
+                items.append(b"MODSEQ (%d)" % mseq)
+        line = b"* %d FETCH (%s)\r\n" % (i + 1, b" ".join(items))
+        chunk.append(line)
+        size += len(line)
+        if size >= _FLUSH_AT:
+            s.raw(b"".join(chunk))
+            chunk.clear()
+            size = 0
+            s.out.flush()
+            await s.out.drain()
+    if chunk:
+        s.raw(b"".join(chunk))
+    await s.sync(cmd, expunge=cmd.uid)
+    if found < len(uids) and not cmd.uid:
         s.ok(cmd.tag, "Some messages were already expunged", "EXPUNGEISSUED")
         return
     s.ok(cmd.tag, "FETCH completed")

@@ -52,13 +52,13 @@ class SelectedMailbox:
                  "uidnext", "pending", "recent", "keywords", "reported", "condstore",
                  "qresync", "saved")
 
-    def __init__(self, box: Mailbox, messages: list[MessageMeta], *, readonly: bool,
+    def __init__(self, box: Mailbox, uids: Iterable[int], *, readonly: bool,
                  recent: Iterable[int] = ()) -> None:
         self.mailbox_id = box.id
         self.name = box.name
         self.readonly = readonly
         self.uidvalidity = box.uidvalidity
-        self.uids = array("Q", (m.uid for m in messages))
+        self.uids = uids if isinstance(uids, array) else array("Q", uids)
         self.modseq = box.highestmodseq
         self.uidnext = box.uidnext
         self.pending: set[int] = set()       # expunged elsewhere, not yet announced

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from array import array
 import os
 import sqlite3
 import threading
@@ -69,8 +70,17 @@ def canonical_flag(flag: str) -> str:
     return SYSTEM_FLAGS.get(flag.lower(), flag)
 
 
+_FLAG_SETS: dict[str, frozenset[str]] = {}
+
+
 def parse_flags(text: str) -> frozenset[str]:
-    return frozenset(text.split()) if text else frozenset()
+    """The flags of a ``flags`` column; the same few sets recur, so they are shared."""
+    found = _FLAG_SETS.get(text)
+    if found is None:
+        found = frozenset(text.split()) if text else frozenset()
+        if len(_FLAG_SETS) < 4096:
+            _FLAG_SETS[text] = found
+    return found
 
 
 def format_flags(flags: Iterable[str]) -> str:
@@ -285,6 +295,38 @@ class MailStoreMixin:
         ).fetchall()
         meta = self._meta
         return [meta(r) for r in rows]
+
+    def flag_rows(self, mailbox_id: int, first_uid: int, last_uid: int
+                  ) -> list[tuple[int, frozenset[str], int]]:
+        """(UID, flags, MODSEQ) of the messages in a UID range, by UID; equal
+        flag sets are the same object (one per distinct value)."""
+        parse = parse_flags
+        return [(uid, parse(text), mseq) for uid, text, mseq in self.reader.execute(
+            "SELECT uid, flags, modseq FROM messages WHERE mailbox = ?"
+            " AND uid BETWEEN ? AND ? ORDER BY uid",
+            (mailbox_id, first_uid, last_uid),
+        )]
+
+    def snapshot(self, mailbox_id: int) -> tuple[Mailbox, array, int | None] | None:
+        """What SELECT needs, read in one snapshot: the mailbox, its UIDs in
+        order, and the first UID without \\Seen (None if all are seen)."""
+        conn = self.reader
+        conn.execute("BEGIN")
+        try:
+            row = conn.execute(
+                f"SELECT {self._MAILBOX_COLUMNS} FROM mailboxes WHERE id = ?", (mailbox_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            uids = array("Q", [r[0] for r in conn.execute(
+                "SELECT uid FROM messages WHERE mailbox = ? ORDER BY uid", (mailbox_id,))])
+            unseen = conn.execute(
+                "SELECT min(uid) FROM messages WHERE mailbox = ? AND flags NOT LIKE '%\\Seen%'",
+                (mailbox_id,),
+            ).fetchone()[0]
+        finally:
+            conn.execute("COMMIT")
+        return self._mailbox_row(row), uids, unseen
 
     def messages_by_uid(self, mailbox_id: int, uids: list[int]) -> list[MessageMeta]:
         """The messages among ``uids`` that still exist, by UID."""
