@@ -354,21 +354,52 @@ def _uses_modseq(key: c.SearchKey) -> bool:
     return any(isinstance(a, c.SearchKey) and _uses_modseq(a) for a in key.args)
 
 
-def _candidates(s: IMAPSession) -> list[tuple[int, MessageMeta]]:
+# Keys that look at nothing but flags, UIDs, numbers and MODSEQ.
+_FLAG_KEYS = frozenset({
+    "ALL", "ANSWERED", "DELETED", "DRAFT", "FLAGGED", "SEEN", "UNANSWERED", "UNDELETED",
+    "UNDRAFT", "UNFLAGGED", "UNSEEN", "KEYWORD", "UNKEYWORD", "NEW", "OLD", "RECENT", "UID",
+    "SEQSET", "MODSEQ", "NOT", "OR", "AND",
+})
+
+
+def _flags_only(key: c.SearchKey) -> bool:
+    return key.op in _FLAG_KEYS and all(
+        _flags_only(a) for a in key.args if isinstance(a, c.SearchKey))
+
+
+def _candidates(s: IMAPSession, key: c.SearchKey | None = None
+                ) -> list[tuple[int, MessageMeta]]:
+    """(message number, metadata) of every message of the view.
+
+    For a search on flags alone (``UID SEARCH UNSEEN`` over 100,000
+    messages) only UIDs, flags and MODSEQs are read."""
     view = _view(s)
-    out = []
-    seq_of = view.seq_of
-    for meta in s.ctx.store.messages(view.mailbox_id):
-        seq = seq_of(meta.uid)
-        if seq is not None:
-            out.append((seq, _with_recent(s, meta)))
+    out: list[tuple[int, MessageMeta]] = []
+    uids = view.uids
+    n = len(uids)
+    i = 0
+    if key is not None and _flags_only(key) and n:
+        rows = [MessageMeta(uid, flags, mseq, 0.0, 0, "")
+                for uid, flags, mseq in s.ctx.store.flag_rows(view.mailbox_id, uids[0], uids[-1])]
+    else:
+        rows = s.ctx.store.messages(view.mailbox_id)
+    recent = view.recent if not s.rev2 else ()
+    for meta in rows:
+        uid = meta.uid
+        while i < n and uids[i] < uid:
+            i += 1
+        if i >= n:
+            break
+        if uids[i] != uid:
+            continue
+        out.append((i + 1, _with_recent(s, meta) if uid in recent else meta))
     return out
 
 
 def _matches(s: IMAPSession, key: c.SearchKey, charset: str | None, uid: bool,
              loader_box: list[_Loader]) -> tuple[list[int], list[tuple[int, MessageMeta]]]:
     view = _view(s)
-    candidates = _candidates(s)
+    candidates = _candidates(s, key)
     loader = _Loader(s, view.mailbox_id, [m for _, m in candidates])
     loader_box.append(loader)
     found = run_search(
