@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import imaplib
 import os
 import re
 import signal
@@ -16,10 +17,17 @@ from tests.conftest import free_port
 
 def test_serve_without_configuration_is_a_complete_development_server(tmp_path):
     port = free_port()
+    # The other development ports (IMAP 2143/2993, POP3 2110/2995) may be taken here.
+    imap, imaps, pop3, pop3s = free_port(), free_port(), free_port(), free_port()
+    options = {"smtp.listen": port, "imap.listen": imap, "imap.listen_tls": imaps,
+               "pop3.listen": pop3, "pop3.listen_tls": pop3s}
+    args = [sys.executable, "-m", "pillarbox"]
+    for key, value in options.items():
+        args += ["-o", f"{key}=127.0.0.1:{value}"]
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pillarbox", "-o", f"smtp.listen=127.0.0.1:{port}", "serve"],
+            [*args, "serve"],
             cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
     try:
@@ -31,8 +39,15 @@ def test_serve_without_configuration_is_a_complete_development_server(tmp_path):
             except OSError:
                 time.sleep(0.1)
         text = log.read_text()
+        while "demo account:" not in text and time.monotonic() < deadline:
+            time.sleep(0.1)   # the port may answer before the banner reaches the log
+            text = log.read_text()
         assert "serving localhost" in text
         assert f"SMTP:   127.0.0.1:{port} (STARTTLS on)" in text
+        assert f"IMAP:   127.0.0.1:{imap} (STARTTLS)" in text
+        assert f"IMAPS:  127.0.0.1:{imaps} (implicit TLS)" in text
+        assert f"POP3:   127.0.0.1:{pop3} (STLS)" in text
+        assert f"POP3S:  127.0.0.1:{pop3s} (implicit TLS)" in text
         password = re.search(r"demo account: demo@localhost  password: (\S+)", text)
         assert password, text
         assert (tmp_path / "pillarbox-data" / "demo-password").read_text().strip() == password[1]
@@ -52,6 +67,14 @@ def test_serve_without_configuration_is_a_complete_development_server(tmp_path):
             time.sleep(0.1)
         # One copy, although postmaster@localhost is an alias of the same account.
         assert re.search(r"^INBOX\s+1\s", listing, re.MULTILINE), listing
+        # The demo account reads it over IMAP with the printed password (plaintext
+        # login is allowed on loopback by the development defaults).
+        with imaplib.IMAP4("127.0.0.1", imap, timeout=15) as client:
+            assert client.login("demo@localhost", password[1])[0] == "OK"
+            typ, data = client.select("INBOX")
+            assert typ == "OK" and data == [b"1"], data
+            typ, data = client.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+            assert typ == "OK" and b"Subject: Hello" in data[0][1], data
         queue = subprocess.run([sys.executable, "-m", "pillarbox", "queue", "list"],
                                cwd=tmp_path, capture_output=True, text=True, check=True).stdout
         assert "queue is empty" in queue

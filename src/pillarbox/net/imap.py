@@ -63,6 +63,7 @@ class IMAPProtocol(asyncio.Protocol):
         self._deflate: Any = None
         self._inflate: Any = None
         self._in_tls = False
+        self._eof = False         # the client half-closed: no more input
 
     # ------------------------------------------------------------ lifecycle
 
@@ -129,9 +130,12 @@ class IMAPProtocol(asyncio.Protocol):
             self.transport.pause_reading()
 
     def eof_received(self) -> bool | None:
-        self._closing = True
+        # A half-close: the client sends no more but still reads.  Answer the
+        # commands it sent before, then close (``_run``).  Over TLS asyncio
+        # cannot keep a half-open transport, so there it closes at once.
+        self._eof = True
         self._input.set()
-        return None
+        return None if self._in_tls else True
 
     def pause_writing(self) -> None:
         self._writable.clear()
@@ -203,7 +207,7 @@ class IMAPProtocol(asyncio.Protocol):
                 event = core.next_event()
                 if event is NEED_DATA or event is PAUSED:
                     self.flush()
-                    if core.closed:
+                    if core.closed or self._eof:
                         self.close()
                         return
                     if self._paused and self.transport is not None:

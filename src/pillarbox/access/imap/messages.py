@@ -397,9 +397,12 @@ def _candidates(s: IMAPSession, key: c.SearchKey | None = None
 
 
 def _matches(s: IMAPSession, key: c.SearchKey, charset: str | None, uid: bool,
-             loader_box: list[_Loader]) -> tuple[list[int], list[tuple[int, MessageMeta]]]:
+             loader_box: list[_Loader], *, light: bool = False
+             ) -> tuple[list[int], list[tuple[int, MessageMeta]]]:
+    """``light``: the caller needs only UIDs, flags and MODSEQs of the matches
+    (SEARCH); SORT and THREAD need whole metadata."""
     view = _view(s)
-    candidates = _candidates(s, key)
+    candidates = _candidates(s, key if light else None)
     loader = _Loader(s, view.mailbox_id, [m for _, m in candidates])
     loader_box.append(loader)
     found = run_search(
@@ -418,7 +421,7 @@ async def search(s: IMAPSession, cmd: c.Search) -> None:
     await s.sync(cmd, expunge=cmd.uid)
     loaders: list[_Loader] = []
     try:
-        seqs, matched = _matches(s, cmd.key, cmd.charset, cmd.uid, loaders)
+        seqs, matched = _matches(s, cmd.key, cmd.charset, cmd.uid, loaders, light=True)
     except SearchError as exc:
         s.no(cmd.tag, str(exc), exc.code)
         return
