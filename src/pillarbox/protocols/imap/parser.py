@@ -376,9 +376,20 @@ def _append(r: Reader, tag: str, uid: bool) -> c.Command:
         if r.peek() == 0x22:
             when = r.date_time()
             r.sp("APPEND date-time")
+        utf8 = r.peek() in (0x55, 0x75) and r.peek_word().upper() == "UTF8"
+        if utf8:
+            # RFC 6855 §4: append-data-ext "UTF8 (" literal8 ")", only once
+            # UTF8=ACCEPT is enabled.
+            if not r.utf8:
+                raise r.error("APPEND UTF8 (...) needs ENABLE UTF8=ACCEPT first (RFC 6855 §4)")
+            r.word("UTF8")
+            r.sp("UTF8")
+            r.expect(b"(", "Expected '(' after APPEND UTF8")
         lit = r.literal(binary_ok=True)
         if lit is None:
             raise r.error("Expected the message as a literal {n} or literal8 ~{n}" + r.where())
+        if utf8:
+            r.expect(b")", "Expected ')' after the APPEND UTF8 literal")
         messages.append(c.AppendMessage(flags, when, lit[0], lit[1]))
         if r.at_end():
             break
