@@ -32,13 +32,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from pbxbench import add_user, start_pillarbox, tree
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pss_kib(pid: int) -> int:
@@ -51,15 +47,6 @@ def pss_kib(pid: int) -> int:
     return 0
 
 
-def tree(pid: int) -> list[int]:
-    out = [pid]
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return out
-    for child in children:
-        out += tree(int(child))
-    return out
 
 
 class Session:
@@ -160,31 +147,15 @@ def main() -> int:
     want = min(hard, max(soft, 2 * args.n + 1000))
     resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
     work = Path(tempfile.mkdtemp(prefix="pbx-idle-"))
-    smtp_port, imap_port = free_port(), free_port()
     n = str(args.n + 100)
-    cmd = [str(ROOT / ".venv/bin/pillarbox"),
-           "-o", f"server.data_dir={work}/data", "-o", f"smtp.listen=127.0.0.1:{smtp_port}",
-           "-o", f"imap.listen=127.0.0.1:{imap_port}", "-o", "imap.listen_tls=[]",
-           "-o", "pop3.listen=[]", "-o", "pop3.listen_tls=[]",
-           "-o", f"imap.max_connections={n}", "-o", f"imap.max_connections_per_ip={n}",
-           "-o", f"imap.max_connections_per_account={n}",
-           "-o", f"server.workers={args.workers}", "-o", f"log.file={work}/log", "serve"]
-    proc = subprocess.Popen(cmd, cwd=work, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc, smtp_port, imap_port = start_pillarbox(
+        work, f"imap.max_connections={n}", f"imap.max_connections_per_ip={n}",
+        f"imap.max_connections_per_account={n}", f"server.workers={args.workers}")
     try:
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", imap_port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
         password = (work / "data" / "demo-password").read_text().strip()
         if args.accounts > 1:
             for i in range(args.accounts):
-                subprocess.run(
-                    [str(ROOT / ".venv/bin/pillarbox"), "-o", f"server.data_dir={work}/data",
-                     "user", "add", f"idle{i}@localhost"],
-                    input=password.encode(), check=True, capture_output=True)
+                add_user(work, f"idle{i}@localhost", password)
         asyncio.run(main_async(args, imap_port, smtp_port, password, proc.pid))
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

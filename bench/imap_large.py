@@ -40,7 +40,7 @@ from email.utils import format_datetime
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from pbxbench import ROOT, free_port, tree
 PILLARBOX = str(ROOT / ".venv/bin/pillarbox")
 
 FIRST = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan",
@@ -59,15 +59,6 @@ WORDS = ("the quick brown fox jumps over a lazy dog while mail servers keep "
          "every message safe and sound across restarts and power cuts").split()
 
 
-def tree(pid: int) -> list[int]:
-    out = [pid]
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return out
-    for child in children:
-        out += tree(int(child))
-    return out
 
 
 def cpu_seconds(pid: int) -> float:
@@ -83,10 +74,6 @@ def cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # ------------------------------------------------------------------- the mbox

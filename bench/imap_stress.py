@@ -39,25 +39,13 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from pbxbench import ROOT, add_user, free_port, start_pillarbox, wait_port
+
 sys.path.insert(0, str(ROOT))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def wait_port(port: int, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on {port}")
 
 
 def make_mbox(path: Path) -> None:
@@ -132,18 +120,9 @@ def start_dovecot(work: Path) -> tuple[subprocess.Popen[bytes], int]:
     return proc, port
 
 
-def start_pillarbox(work: Path) -> tuple[subprocess.Popen[bytes], int]:
-    smtp, imap = free_port(), free_port()
-    data = work / "data"
-    base = [str(ROOT / ".venv/bin/pillarbox"), "-o", f"server.data_dir={data}"]
-    proc = subprocess.Popen(
-        base + ["-o", f"smtp.listen=127.0.0.1:{smtp}", "-o", f"imap.listen=127.0.0.1:{imap}",
-                "-o", "imap.listen_tls=[]", "-o", "pop3.listen=[]", "-o", "pop3.listen_tls=[]",
-                "-o", f"log.file={work}/pillarbox.log", "serve"],
-        cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    wait_port(imap)
-    subprocess.run(base + ["user", "add", "bench@localhost"], input=b"bench\n", check=True,
-                   capture_output=True, cwd=work)
+def start_bench_pillarbox(work: Path) -> tuple[subprocess.Popen[bytes], int]:
+    proc, _, imap = start_pillarbox(work)
+    add_user(work, "bench@localhost", "bench")
     return proc, imap
 
 
@@ -185,7 +164,7 @@ def main() -> int:
     try:
         dovecot, dport = start_dovecot(work / "dovecot")
         procs.append(dovecot)
-        pbx, pport = start_pillarbox(work)
+        pbx, pport = start_bench_pillarbox(work)
         procs.append(pbx)
         results: dict[str, list[float]] = {}
         for mix, extra in (("churn", []), ("steady", ["logout=0"])):

@@ -33,14 +33,11 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from pbxbench import start_pillarbox
+
 SMTP_SOURCE = "/usr/sbin/smtp-source"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def smtp_load(port: int, count: int) -> float:
@@ -101,21 +98,8 @@ def main() -> int:
     parser.add_argument("-r", type=int, default=3)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pbx-contention-"))
-    smtp_port, imap_port = free_port(), free_port()
-    cmd = [str(ROOT / ".venv/bin/pillarbox"),
-           "-o", f"server.data_dir={work}/data", "-o", f"smtp.listen=127.0.0.1:{smtp_port}",
-           "-o", f"imap.listen=127.0.0.1:{imap_port}", "-o", "imap.listen_tls=[]",
-           "-o", "pop3.listen=[]", "-o", "pop3.listen_tls=[]",
-           "-o", f"log.file={work}/log", "serve"]
-    proc = subprocess.Popen(cmd, cwd=work, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc, smtp_port, imap_port = start_pillarbox(work)
     try:
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", imap_port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
         password = (work / "data" / "demo-password").read_text().strip()
         smtp_load(smtp_port, 100)     # messages to STORE on, and a warm start
         time.sleep(2)

@@ -351,11 +351,8 @@ async def append(s: IMAPSession, cmd: c.Append) -> None:
         new.append(NewMessage(data, storable(message.flags), when))
     try:
         validity, uids = await s.ctx.store.append(box.id, new)
-    except OverQuota as exc:
-        s.no(cmd.tag, str(exc), "OVERQUOTA")
-        return
-    except StorageFull:
-        s.no(cmd.tag, "The server's disk is full; try again later", "SERVERBUG")
+    except (OverQuota, StorageFull) as exc:
+        refuse_write(s, cmd.tag, exc)
         return
     except NotFound:
         s.no(cmd.tag, f"Mailbox does not exist: {cmd.mailbox}", "TRYCREATE")
@@ -363,6 +360,15 @@ async def append(s: IMAPSession, cmd: c.Append) -> None:
     await s.sync(cmd, expunge=True)
     s.ok(cmd.tag, "APPEND completed",
          f"APPENDUID {validity} {sequence_set(uids).decode()}")
+
+
+def refuse_write(s: IMAPSession, tag: str, exc: OverQuota | StorageFull) -> None:
+    """NO for a write the store could not take: over quota (RFC 9208 §4.1
+    OVERQUOTA) or out of disk (RFC 5530 SERVERBUG, try again later)."""
+    if isinstance(exc, OverQuota):
+        s.no(tag, str(exc), "OVERQUOTA")
+    else:
+        s.no(tag, "The server's disk is full; try again later", "SERVERBUG")
 
 
 # ------------------------------------------------------------------ QUOTA

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from pillarbox.access import cache as cache_mod
 from pillarbox.access.cache import CacheEntry
 from pillarbox.access.fetch import FetchError, render_fetch, sets_seen
-from pillarbox.access.imap.mailboxes import check_flags, storable
+from pillarbox.access.imap.mailboxes import check_flags, refuse_write, storable
 from pillarbox.access.imap.render import flag_list, sequence_set
 from pillarbox.access.imap.selected import InvalidSequence, SelectedMailbox
 from pillarbox.access.search import SearchError, search as run_search
@@ -570,11 +570,8 @@ async def copy(s: IMAPSession, cmd: c.Copy | c.Move) -> None:
         return
     try:
         validity, pairs = await s.ctx.store.copy(view.mailbox_id, uids, target.id, move=move)
-    except OverQuota as exc:
-        s.no(cmd.tag, str(exc), "OVERQUOTA")
-        return
-    except StorageFull:
-        s.no(cmd.tag, "The server's disk is full; try again later", "SERVERBUG")
+    except (OverQuota, StorageFull) as exc:
+        refuse_write(s, cmd.tag, exc)
         return
     code = None
     if pairs:

@@ -181,12 +181,15 @@ class MailStoreMixin:
         return Credentials(*row) if row else None
 
     def set_credentials(self, address: str, password_hash: str, scram: str | None) -> None:
+        self._update_account(address, "password = ?, scram = ?", (password_hash, scram))
+
+    def _update_account(self, address: str, assignments: str, values: tuple[Any, ...]) -> None:
+        """An administrator's change of one account row (CLI), committed at once."""
         conn = self.reader
         conn.execute("BEGIN IMMEDIATE")
         try:
             cur = conn.execute(
-                "UPDATE accounts SET password = ?, scram = ? WHERE address = ?",
-                (password_hash, scram, address),
+                f"UPDATE accounts SET {assignments} WHERE address = ?", (*values, address)
             )
         except BaseException:
             conn.execute("ROLLBACK")
@@ -272,19 +275,8 @@ class MailStoreMixin:
         return self._quota(c, account_id)
 
     def set_quota(self, address: str, storage: int | None, messages: int | None) -> None:
-        conn = self.reader
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            cur = conn.execute(
-                "UPDATE accounts SET quota_storage = ?, quota_messages = ? WHERE address = ?",
-                (storage, messages, address),
-            )
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        if cur.rowcount == 0:
-            raise NotFound(f"no account {address}")
+        self._update_account(address, "quota_storage = ?, quota_messages = ?",
+                             (storage, messages))
 
     # ------------------------------------------------------------ message reads
 
