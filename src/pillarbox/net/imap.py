@@ -63,6 +63,7 @@ class IMAPProtocol(asyncio.Protocol):
         self._deflate: Any = None
         self._inflate: Any = None
         self._in_tls = False
+        self._early: list[bytes] | None = None   # decrypted input during start_tls()
         self._eof = False         # the client half-closed: no more input
 
     # ------------------------------------------------------------ lifecycle
@@ -115,6 +116,13 @@ class IMAPProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.core is None or self._closing:
+            return
+        if self._early is not None:
+            # Decrypted by the new TLS transport before start_tls() returned to
+            # us: the client's first command under TLS, not injected plaintext
+            # (which the core dropped before the handshake began).
+            self._early.append(data)
+            self._touch()
             return
         if self._inflate is not None:
             try:
@@ -180,21 +188,28 @@ class IMAPProtocol(asyncio.Protocol):
         context = self.cfg.tls_context
         if context is None:
             return False
+        self._early = []
         try:
             transport = await self._loop.start_tls(
                 self.transport, self, context, server_side=True, ssl_handshake_timeout=30
             )
         except (OSError, ssl.SSLError, ConnectionError, asyncio.TimeoutError) as exc:
+            self._early = None
             log_event(log, "tls failed", client=self.peer, error=str(exc),
                       level=logging.WARNING)
             self.close()
             return False
+        early, self._early = self._early, None
         if transport is None:
             self.close()
             return False
         self.transport = transport
         self._in_tls = True
         self.core.start_tls_done()
+        for data in early:
+            self.core.receive_data(data)
+        if early:
+            self._input.set()
         return True
 
     # ------------------------------------------------------------ the loop

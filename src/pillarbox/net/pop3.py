@@ -65,6 +65,7 @@ class POP3Protocol(asyncio.Protocol):
         self._pumping = False       # in _pump: a resume_writing() inside it waits for it
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
+        self._early: list[bytes] | None = None   # decrypted input during start_tls()
         self._loop = asyncio.get_running_loop()
         self._last = self._loop.time()
 
@@ -129,6 +130,11 @@ class POP3Protocol(asyncio.Protocol):
         if core is None:
             return
         self._last = self._loop.time()
+        if self._early is not None:
+            # Decrypted by the new TLS transport before start_tls() returned to
+            # us: the client's first command under TLS, not injected plaintext.
+            self._early.append(data)
+            return
         core.receive_data(data)
         if not self._busy:
             self._pump()
@@ -238,14 +244,19 @@ class POP3Protocol(asyncio.Protocol):
         assert core is not None and transport is not None and session is not None
         ctx = self.cfg.tls_context
         assert ctx is not None
+        # Plaintext pipelined behind STLS was dropped by the core; from here on
+        # the socket belongs to TLS, and what arrives is held until we are ready.
+        self._early = []
         try:
             new_transport = await self._loop.start_tls(
                 transport, self, ctx, server_side=True, ssl_handshake_timeout=60
             )
         except (OSError, ssl.SSLError, ConnectionError, asyncio.TimeoutError) as exc:
+            self._early = None
             log_event(log, "tls failed", client=self.peer, error=str(exc), level=logging.INFO)
             transport.abort()
             return
+        early, self._early = self._early, None
         if new_transport is None:
             return
         self.transport = new_transport  # type: ignore[assignment]
@@ -253,6 +264,8 @@ class POP3Protocol(asyncio.Protocol):
         cipher = ssl_object.cipher() if ssl_object else None
         core.tls_established()
         session.tls_established()
+        for data in early:
+            core.receive_data(data)
         log_event(log, "tls", client=self.peer, version=cipher[1] if cipher else None,
                   cipher=cipher[0] if cipher else None, level=logging.DEBUG)
 
