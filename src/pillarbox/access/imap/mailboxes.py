@@ -12,6 +12,7 @@ import bisect
 from typing import TYPE_CHECKING
 
 from pillarbox.access.imap.listing import list_mailboxes
+from pillarbox.access.imap.recent import claim as claim_recent
 from pillarbox.access.imap.render import flag_list, mailbox_name, sequence_set, string
 from pillarbox.access.imap.selected import SelectedMailbox
 from pillarbox.mime.generate import to_7bit
@@ -83,7 +84,7 @@ async def select(s: IMAPSession, cmd: c.Select) -> None:
             # EXAMINE shows \Recent without taking it (RFC 3501 §6.3.2).
             first, end = store.first_recent_uid(box.id), 1 << 62
         else:
-            first, end = await store.claim_recent(box.id)
+            first, end = await claim_recent(store, box.id, box.uidnext)
         if uids and uids[-1] >= first:
             lo = bisect.bisect_left(uids, first)
             recent = {u for u in uids[lo:] if u < end}

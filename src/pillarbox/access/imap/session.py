@@ -27,6 +27,8 @@ from pillarbox import __version__
 from pillarbox.access.imap import mailboxes as m
 from pillarbox.access.imap import messages as msg
 from pillarbox.access.imap.hub import Hub
+from pillarbox.access.imap.recent import CLAIMED as _CLAIMED
+from pillarbox.access.imap.recent import claim as _claim_recent
 from pillarbox.access.imap.selected import SelectedMailbox, Update
 from pillarbox.log import log_event
 from pillarbox.protocols.imap import commands as c
@@ -418,9 +420,9 @@ class IMAPSession:
         self.render_update(update, recent=not claim)
         if claim:
             # \Recent (IMAP4rev1) needs a write to claim; EXISTS goes out first.
-            if self.idling is not None and view.mailbox_id not in _CLAIMING:
+            if self.idling is not None and max(update.new) + 1 > _CLAIMED.get(view.mailbox_id, 0):
                 self.out.flush()
-            first, end = await _claim_recent(store, view.mailbox_id)
+            first, end = await _claim_recent(store, view.mailbox_id, max(update.new) + 1)
             view.recent |= {u for u in update.new if first <= u < end}
             self.untagged(b"%d RECENT" % len(view.recent))
 
@@ -529,25 +531,6 @@ def _changes(store: Any, mailbox_id: int, uidvalidity: int, since: int,
             _CHANGES.clear()
         _CHANGES[key] = found
     return found
-
-
-_CLAIMING: set[int] = set()
-
-
-async def _claim_recent(store: Any, mailbox_id: int) -> tuple[int, int]:
-    """Claim \\Recent UIDs, unless another session of this process is at it.
-
-    Only one session can have a message as \\Recent; when a delivery wakes a
-    thousand sessions of one mailbox, one claim (one write) is enough, and
-    the others get none without asking.
-    """
-    if mailbox_id in _CLAIMING:
-        return 0, 0
-    _CLAIMING.add(mailbox_id)
-    try:
-        return await store.claim_recent(mailbox_id)  # type: ignore[no-any-return]
-    finally:
-        _CLAIMING.discard(mailbox_id)
 
 
 Handler = Callable[[IMAPSession, Any], Awaitable[None]]

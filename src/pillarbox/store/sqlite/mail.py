@@ -350,31 +350,34 @@ class MailStoreMixin:
         ).fetchone()
         return int(row[0]) if row else 1 << 62
 
-    async def claim_recent(self, mailbox_id: int) -> tuple[int, int]:
-        """Take the \\Recent UIDs of a mailbox for one session (RFC 3501 §2.3.2).
+    async def claim_recent(self, mailbox_id: int, up_to: int) -> tuple[int, int]:
+        """Take the \\Recent UIDs below ``up_to`` for one session (RFC 3501 §2.3.2).
 
         Returns ``(first, end)``: the UIDs from ``first`` up to ``end`` are
-        recent for the caller alone; the next claim starts at ``end``.
+        recent for the caller alone.  A caller claims exactly the UIDs it is
+        announcing, so that every message is \\Recent in exactly one session
+        (imaptest's checkpoints check it); the next claim starts at ``end``.
         """
 
         def job(conn: sqlite3.Connection) -> tuple[int, int]:
             row = conn.execute(
-                "SELECT first_recent_uid, uidnext FROM mailboxes WHERE id = ?", (mailbox_id,)
+                "SELECT first_recent_uid FROM mailboxes WHERE id = ?", (mailbox_id,)
             ).fetchone()
             if row is None:
                 raise NoSuchMailbox(f"mailbox {mailbox_id} does not exist any more")
-            first, uidnext = row
-            if first < uidnext:
-                conn.execute(
-                    "UPDATE mailboxes SET first_recent_uid = ? WHERE id = ?", (uidnext, mailbox_id)
-                )
-            return int(first), int(uidnext)
+            first = int(row[0])
+            if first >= up_to:
+                return up_to, up_to
+            conn.execute(
+                "UPDATE mailboxes SET first_recent_uid = ? WHERE id = ?", (up_to, mailbox_id)
+            )
+            return first, up_to
 
         row = self.reader.execute(
-            "SELECT first_recent_uid, uidnext FROM mailboxes WHERE id = ?", (mailbox_id,)
+            "SELECT first_recent_uid FROM mailboxes WHERE id = ?", (mailbox_id,)
         ).fetchone()
-        if row is not None and row[0] >= row[1]:
-            return int(row[1]), int(row[1])   # nothing to claim: no write at all
+        if row is not None and row[0] >= up_to:
+            return up_to, up_to   # nothing to claim: no write at all
         future = self.advisory.submit(job)
         return await asyncio.shield(asyncio.wrap_future(future))  # type: ignore[no-any-return]
 
