@@ -455,11 +455,12 @@ def test_copy_move_and_uid_expunge(srv: Server) -> None:
     # INBOX now holds uids[1], uids[3], uids[4]; delete all three, UID EXPUNGE one.
     raw.command("STORE 1:* +FLAGS.SILENT (\\Deleted)")
     lines = raw.command(f"UID EXPUNGE {uids[3]}")
-    assert lines[:-1] == [b"* 2 EXPUNGE"], lines
+    # The expunged message was \Recent here (IMAP4rev1): the new count follows.
+    assert lines[:-1] == [b"* 2 EXPUNGE", b"* 2 RECENT"], lines
     lines = raw.command("UID SEARCH DELETED")
     assert lines[0] == b"* SEARCH %d %d" % (uids[1], uids[4])
     lines = raw.command("EXPUNGE")
-    assert lines[:-1] == [b"* 2 EXPUNGE", b"* 1 EXPUNGE"], lines
+    assert lines[:-1] == [b"* 2 EXPUNGE", b"* 1 EXPUNGE", b"* 0 RECENT"], lines
     assert b"* SEARCH" == raw.command("SEARCH ALL")[0].rstrip()
     raw.close()
 

@@ -591,14 +591,17 @@ async def copy(s: IMAPSession, cmd: c.Copy | c.Move) -> None:
 def _expunged(s: IMAPSession, uids: list[int]) -> None:
     """Tell the client about messages this session removed (EXPUNGE or VANISHED)."""
     view = _view(s)
+    recent_before = len(view.recent)
     if view.qresync:
         known = [u for u in uids if view.seq_of(u) is not None]
         view.forget(known)
         if known:
             s.untagged(b"VANISHED " + sequence_set(known))
-        return
-    for seq in view.forget(uids):
-        s.untagged(b"%d EXPUNGE" % seq)
+    else:
+        for seq in view.forget(uids):
+            s.untagged(b"%d EXPUNGE" % seq)
+    if not s.rev2 and len(view.recent) != recent_before:
+        s.untagged(b"%d RECENT" % len(view.recent))   # RFC 3501 §7.3.2
 
 
 # ------------------------------------------------------------------ EXPUNGE and co.

@@ -415,9 +415,14 @@ class IMAPSession:
         if highest == view.modseq and not (expunge and view.pending):
             return
         changes = _changes(store, view.mailbox_id, validity, view.modseq, highest)
+        recent_before = len(view.recent)
         update = view.refresh(changes, allow_expunge=expunge, keywords=keywords)
         claim = bool(update.new) and not view.readonly and not self.rev2
         self.render_update(update, recent=not claim)
+        if (not self.rev2 and update.exists is None and len(view.recent) != recent_before):
+            # Expunged recent messages: the count goes down (RFC 3501 §7.3.2: the
+            # client records RECENT; it does not work it out from EXPUNGE).
+            self.untagged(b"%d RECENT" % len(view.recent))
         if claim:
             # \Recent (IMAP4rev1) needs a write to claim; EXISTS goes out first.
             if self.idling is not None and max(update.new) + 1 > _CLAIMED.get(view.mailbox_id, 0):
