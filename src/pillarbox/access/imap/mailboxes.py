@@ -294,14 +294,10 @@ def _status_line(s: IMAPSession, box: Mailbox, items: tuple[str, ...]) -> bytes:
 
 
 def _recent(s: IMAPSession, box: Mailbox) -> int:
-    row = s.ctx.store.reader.execute(
-        "SELECT count(*) FROM messages m JOIN mailboxes b ON m.mailbox = b.id"
-        " WHERE b.id = ? AND m.uid >= b.first_recent_uid", (box.id,)
-    ).fetchone()
     view = s.selected
     own = len(view.recent) if (view is not None and view.mailbox_id == box.id
                                and not view.readonly) else 0
-    return int(row[0]) + own
+    return s.ctx.store.unclaimed_recent(box.id) + own
 
 
 async def status(s: IMAPSession, cmd: c.Status) -> None:

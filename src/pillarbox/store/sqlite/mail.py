@@ -350,6 +350,14 @@ class MailStoreMixin:
         ).fetchone()
         return int(row[0]) if row else 1 << 62
 
+    def unclaimed_recent(self, mailbox_id: int) -> int:
+        """Messages no session has claimed as \\Recent yet (for STATUS RECENT)."""
+        row = self.reader.execute(
+            "SELECT count(*) FROM messages m JOIN mailboxes b ON m.mailbox = b.id"
+            " WHERE b.id = ? AND m.uid >= b.first_recent_uid", (mailbox_id,)
+        ).fetchone()
+        return int(row[0])
+
     async def claim_recent(self, mailbox_id: int, up_to: int) -> tuple[int, int]:
         """Take the \\Recent UIDs below ``up_to`` for one session (RFC 3501 §2.3.2).
 
