@@ -27,10 +27,18 @@ class ConnectionLimiter:
         self._counts: Any = ctx.RawArray("i", (SLOTS + 1) * workers)
         self._lock: Any = ctx.Lock()
         self._row = 0
+        self.worker = 0
 
     def bind(self, worker: int) -> None:
         """Count this process's connections in row ``worker``."""
+        self.worker = worker
         self._row = worker * (SLOTS + 1)
+
+    def loads(self) -> list[int]:
+        """Each worker's open connections, by worker index (read without the lock:
+        a balancing hint, not a limit)."""
+        counts = self._counts
+        return [counts[r] for r in range(0, (SLOTS + 1) * self.workers, SLOTS + 1)]
 
     def clear(self, worker: int) -> None:
         base = worker * (SLOTS + 1)
