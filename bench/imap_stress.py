@@ -151,6 +151,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("-r", type=int, default=3)
     parser.add_argument("--secs", type=int, default=30)
+    parser.add_argument("--mix", choices=("churn", "steady", "both"), default="both")
     args = parser.parse_args()
     binary = os.environ.get("IMAPTEST", "")
     if not binary or not os.access(binary, os.X_OK):
@@ -167,7 +168,9 @@ def main() -> int:
         pbx, pport = start_bench_pillarbox(work)
         procs.append(pbx)
         results: dict[str, list[float]] = {}
-        for mix, extra in (("churn", []), ("steady", ["logout=0"])):
+        mixes = [m for m in (("churn", []), ("steady", ["logout=0"]))
+                 if args.mix in (m[0], "both")]
+        for mix, extra in mixes:
             for run in range(args.r):
                 for name, port, user in (("dovecot", dport, "bench"),
                                          ("pillarbox", pport, "bench@localhost")):
@@ -176,7 +179,7 @@ def main() -> int:
                     results.setdefault(f"{name}_{mix}", []).append(rate)
                     print(f"run{run}_{mix}_{name}_ops_per_s={rate:.0f}")
                     print(f"run{run}_{mix}_{name}_errors={errors}", flush=True)
-        for mix in ("churn", "steady"):
+        for mix, _ in mixes:
             d = statistics.median(results[f"dovecot_{mix}"])
             p = statistics.median(results[f"pillarbox_{mix}"])
             print(f"{mix}_dovecot_ops_per_s={d:.0f}")

@@ -30,8 +30,10 @@ from pathlib import Path
 
 from pillarbox.config import Config
 from pillarbox.log import log_event, setup_logging
+from pillarbox.net.balance import BalancedServer
 from pillarbox.net.limits import ConnectionLimiter
 from pillarbox.store.lock import DataDirBusy, DataDirLock
+from pillarbox.store.sqlite.recent import RecentTable
 from pillarbox.store.sqlite.store import SQLiteStore
 
 log = logging.getLogger("pillarbox.serve")
@@ -134,6 +136,7 @@ def serve(config: Config, *, dev_mode: bool = False) -> int:
         accounts=ConnectionLimiter(1 << 30, config.imap.max_connections_per_account, workers),
         pop3=ConnectionLimiter(config.imap.max_connections, config.pop3.max_connections_per_ip,
                                workers),
+        recent=RecentTable(),
     )
     _drop_privileges(config.server.user, config.server.data_dir)
     _announce(config, listeners, password, workers)
@@ -243,6 +246,7 @@ class Limiters:
     imap: ConnectionLimiter
     accounts: ConnectionLimiter     # IMAP sessions per account, keyed "account:<id>"
     pop3: ConnectionLimiter
+    recent: RecentTable | None = None   # who gets \\Recent (store/sqlite/recent.py)
 
     def bind(self, worker: int) -> None:
         for limiter in (self.smtp, self.imap, self.accounts, self.pop3):
@@ -328,6 +332,7 @@ async def _worker_main(config: Config, listeners: Listeners, limiters: Limiters)
     from pillarbox.store.blobs import BlobWriter
 
     store = SQLiteStore(config.server.data_dir)
+    store.recent_table = limiters.recent
     client = QueueClient(socket_path(store))
 
     async def enqueue(blob_id: str, writer: BlobWriter, envelope: Envelope) -> None:
@@ -370,7 +375,8 @@ async def _worker_main(config: Config, listeners: Listeners, limiters: Limiters)
         protocols.add(proto)
         return proto
 
-    servers = [await loop.create_server(factory, sock=sock) for sock in listeners.smtp]
+    servers: list[asyncio.Server | BalancedServer] = [
+        await loop.create_server(factory, sock=sock) for sock in listeners.smtp]
     mail_access = await _start_mail_access(config, listeners, limiters, store)
     servers += mail_access.servers
     stop = await _stop_event()
@@ -405,7 +411,7 @@ async def _worker_main(config: Config, listeners: Listeners, limiters: Limiters)
 class _MailAccess:
     """The IMAP and POP3 side of one worker."""
 
-    servers: list[asyncio.Server]
+    servers: list[BalancedServer]
     imap: set  # type: ignore[type-arg]
     hub: object
     authenticator: object
@@ -478,15 +484,16 @@ async def _start_mail_access(config: Config, listeners: Listeners, limiters: Lim
 
         return make
 
-    servers: list[asyncio.Server] = []
+    # Sessions that last go to the least loaded worker (net/balance.py).
+    servers: list[BalancedServer] = []
     for sock in listeners.imap:
-        servers.append(await loop.create_server(imap_factory(False), sock=sock))
+        servers.append(BalancedServer(sock, imap_factory(False), limiters.imap))
     for sock in listeners.imaps:
-        servers.append(await loop.create_server(imap_factory(True), sock=sock, ssl=tls))
+        servers.append(BalancedServer(sock, imap_factory(True), limiters.imap, ssl_context=tls))
     for sock in listeners.pop3:
-        servers.append(await loop.create_server(pop3_factory(False), sock=sock))
+        servers.append(BalancedServer(sock, pop3_factory(False), limiters.pop3))
     for sock in listeners.pop3s:
-        servers.append(await loop.create_server(pop3_factory(True), sock=sock, ssl=tls))
+        servers.append(BalancedServer(sock, pop3_factory(True), limiters.pop3, ssl_context=tls))
     return _MailAccess(servers, sessions, hub, authenticator, pop3_sessions)
 
 

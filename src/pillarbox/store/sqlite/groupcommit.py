@@ -11,6 +11,7 @@ makes durability cheap (DESIGN.md, storage model).
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import fcntl
 import os
@@ -33,6 +34,8 @@ class Job:
     prepare: Callable[[], None] | None = None
     dirs: tuple[Path, ...] = ()
     future: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
+    loop: asyncio.AbstractEventLoop | None = None
+    waiter: asyncio.Future[Any] | None = None     # settled on ``loop`` (submit_async)
 
 
 class GroupCommitter:
@@ -59,6 +62,28 @@ class GroupCommitter:
         job = Job(run, prepare, dirs)
         self._jobs.put(job)
         return job.future
+
+    def submit_async(
+        self,
+        run: Callable[[sqlite3.Connection], Any],
+        *,
+        prepare: Callable[[], None] | None = None,
+        dirs: tuple[Path, ...] = (),
+    ) -> asyncio.Future[Any]:
+        """Like :meth:`submit`, for a coroutine of the running loop to await.
+
+        The thread settles the loop's future itself, with one wake-up of the
+        loop for all the jobs of a batch that came from it.  Wrapping the
+        thread's future instead (``asyncio.wrap_future`` inside ``shield``)
+        cost three turns of a busy event loop before the session ran again:
+        under load, half of every write's latency.  Cancelling the returned
+        future (the client went away) does not cancel the job: once handed
+        in, a commit's outcome does not depend on whether anyone waits.
+        """
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        self._jobs.put(Job(run, prepare, dirs, loop=loop, waiter=waiter))
+        return waiter
 
     def close(self) -> None:
         self._jobs.put(None)
@@ -130,7 +155,7 @@ class GroupCommitter:
                 dirs.update(job.dirs)
                 ready.append(job)
             else:
-                job.future.set_exception(error)
+                _settle([(job, None, error)])
         results: list[tuple[Job, Any, BaseException | None]] = []
         locked = False
         try:
@@ -156,16 +181,39 @@ class GroupCommitter:
                 pass
             if locked:
                 self._unlock()
-            for job in ready:
-                if not job.future.done():
-                    job.future.set_exception(exc)
+            _settle([(job, None, exc) for job in ready if not job.future.done()])
             return
         if locked:
             self._unlock()
         self.batches += 1
-        for job, value, error in results:
-            if error is None:
-                self.committed += 1
-                job.future.set_result(value)
-            else:
-                job.future.set_exception(error)
+        self.committed += sum(1 for _, _, error in results if error is None)
+        _settle(results)
+
+
+def _settle(results: list[tuple[Job, Any, BaseException | None]]) -> None:
+    """Hand each job its outcome: its thread future, or its loop's future (one
+    wake-up per loop for the lot)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any,
+                                                        BaseException | None]]] = {}
+    for job, value, error in results:
+        if job.waiter is not None and job.loop is not None:
+            by_loop.setdefault(job.loop, []).append((job.waiter, value, error))
+        elif error is None:
+            job.future.set_result(value)
+        else:
+            job.future.set_exception(error)
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle_waiters, items)
+        except RuntimeError:
+            pass    # the loop is closed: nobody is waiting any more
+
+
+def _settle_waiters(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for waiter, value, error in items:
+        if waiter.done():
+            continue    # cancelled: the client went away, the commit stands
+        if error is None:
+            waiter.set_result(value)
+        else:
+            waiter.set_exception(error)

@@ -52,6 +52,9 @@ from pillarbox.store.base import (
 )
 from pillarbox.store.blobs import new_id, segment_separator, write_segment
 from pillarbox.store.sqlite.notify import Notifier
+from pillarbox.store.sqlite.recent import Busy as RecentBusy
+from pillarbox.store.sqlite.recent import Gone as RecentGone
+from pillarbox.store.sqlite.recent import RecentTable
 
 T = TypeVar("T")
 
@@ -126,6 +129,8 @@ class MailStoreMixin:
         def advisory(self) -> Any: ...
 
     _notifier: Notifier | None = None
+    # The workers' shared \\Recent table (``serve`` attaches it; None: the column alone).
+    recent_table: RecentTable | None = None
     _files = threading.local()   # per thread: open blob files for pread
     # Cache rows handed to the committer and not yet committed, by blob.
     _cache_inflight: dict[str, tuple[Any, ...]] | None = None
@@ -147,10 +152,9 @@ class MailStoreMixin:
         notify: Callable[[T], Iterable[int]] | None = None,
     ) -> T:
         """Run ``job`` in the next group commit; return its result once durable."""
-        future = self.committer.submit(job, prepare=prepare, dirs=dirs)
-        # Shielded: once handed in, a commit's outcome must not depend on
-        # whether the client is still there to hear about it.
-        result: T = await asyncio.shield(asyncio.wrap_future(future))
+        # Once handed in, a commit's outcome does not depend on whether the
+        # client is still there to hear about it (see submit_async).
+        result: T = await self.committer.submit_async(job, prepare=prepare, dirs=dirs)
         if notify is not None:
             self.notifier.publish(notify(result))
         return result
@@ -381,13 +385,43 @@ class MailStoreMixin:
             )
             return first, up_to
 
+        table = self.recent_table
+        if table is not None:
+            return await self._claim_shared(table, mailbox_id, up_to)
         row = self.reader.execute(
             "SELECT first_recent_uid FROM mailboxes WHERE id = ?", (mailbox_id,)
         ).fetchone()
         if row is not None and row[0] >= up_to:
             return up_to, up_to   # nothing to claim: no write at all
-        future = self.advisory.submit(job)
-        return await asyncio.shield(asyncio.wrap_future(future))  # type: ignore[no-any-return]
+        return await self.advisory.submit_async(job)  # type: ignore[no-any-return]
+
+    async def _claim_shared(self, table: RecentTable, mailbox_id: int,
+                            up_to: int) -> tuple[int, int]:
+        """The claim in the workers' shared table (``store/sqlite/recent.py``),
+        then the column, without waiting for it."""
+
+        def column() -> int | None:
+            row = self.reader.execute(
+                "SELECT first_recent_uid FROM mailboxes WHERE id = ?", (mailbox_id,)
+            ).fetchone()
+            return None if row is None else int(row[0])
+
+        while True:
+            try:
+                first, end = table.claim(mailbox_id, up_to, column)
+                break
+            except RecentBusy:
+                await asyncio.sleep(0.002)   # another mailbox's write is on its way
+            except RecentGone:
+                raise NoSuchMailbox(f"mailbox {mailbox_id} does not exist any more") from None
+        if first < end:
+            def job(conn: sqlite3.Connection) -> None:
+                conn.execute("UPDATE mailboxes SET first_recent_uid = max(first_recent_uid, ?)"
+                             " WHERE id = ?", (end, mailbox_id))
+
+            self.advisory.submit(job).add_done_callback(
+                lambda _: table.written(mailbox_id, end))
+        return first, end
 
     def changes(self, mailbox_id: int, since_modseq: int) -> Changes:
         conn = self.reader
