@@ -19,7 +19,7 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ class Job:
     run: Callable[[sqlite3.Connection], Any]
     prepare: Callable[[], None] | None = None
     dirs: tuple[Path, ...] = ()
-    future: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
+    future: concurrent.futures.Future[Any] | None = None   # settled by the thread (submit)
     loop: asyncio.AbstractEventLoop | None = None
     waiter: asyncio.Future[Any] | None = None     # settled on ``loop`` (submit_async)
 
@@ -59,9 +59,9 @@ class GroupCommitter:
         prepare: Callable[[], None] | None = None,
         dirs: tuple[Path, ...] = (),
     ) -> concurrent.futures.Future[Any]:
-        job = Job(run, prepare, dirs)
-        self._jobs.put(job)
-        return job.future
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._jobs.put(Job(run, prepare, dirs, future))
+        return future
 
     def submit_async(
         self,
@@ -146,7 +146,8 @@ class GroupCommitter:
     def _commit(self, conn: sqlite3.Connection, batch: list[Job]) -> None:
         ready: list[Job] = []
         dirs: set[Path] = set()
-        batch = [job for job in batch if job.future.set_running_or_notify_cancel()]
+        batch = [job for job in batch
+                 if job.future is None or job.future.set_running_or_notify_cancel()]
         # Prepares (fsyncs) run one after the other: running them side by side
         # on a thread pool was measured to cost more CPU than it saved.
         errors = [self._prepare(job) for job in batch]
@@ -195,7 +196,7 @@ class GroupCommitter:
                 pass
             if locked:
                 self._unlock()
-            _settle([(job, None, exc) for job in ready if not job.future.done()])
+            _settle([(job, None, exc) for job in ready])
             return
         if locked:
             self._unlock()
@@ -212,6 +213,8 @@ def _settle(results: list[tuple[Job, Any, BaseException | None]]) -> None:
     for job, value, error in results:
         if job.waiter is not None and job.loop is not None:
             by_loop.setdefault(job.loop, []).append((job.waiter, value, error))
+        elif job.future is None:
+            pass
         elif error is None:
             job.future.set_result(value)
         else:

@@ -499,7 +499,7 @@ class MailStoreMixin:
         if row is None:
             return None
         prefix, blob, segment, offset, size = row
-        data = self._pread(self.blobs.path(segment or blob), offset, size)
+        data = self._pread(segment or blob, offset, size)
         if data is None:
             try:   # moved by compaction meanwhile: look it up again
                 data = self.read_blob(blob)  # type: ignore[attr-defined]
@@ -509,27 +509,29 @@ class MailStoreMixin:
 
     _MAX_OPEN = 64
 
-    def _pread(self, path: Path, offset: int, size: int) -> bytes | None:
+    def _pread(self, name: str, offset: int, size: int) -> bytes | None:
+        """``size`` octets at ``offset`` of the blob or segment file ``name``
+        (kept open by name: no path is built for a file already open)."""
         local = self._files
-        fds: dict[Path, int] | None = getattr(local, "fds", None)
+        fds: dict[str, int] | None = getattr(local, "fds", None)
         if fds is None:
             fds = local.fds = {}
-        fd = fds.pop(path, None)
+        fd = fds.pop(name, None)
         if fd is None:
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                fd = os.open(self.blobs.path(name), os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
                 return None
             while len(fds) >= self._MAX_OPEN:
                 os.close(fds.pop(next(iter(fds))))
-        fds[path] = fd   # most recently used last
+        fds[name] = fd   # most recently used last
         data = os.pread(fd, size, offset)
         if len(data) != size:
-            raise StoreError(f"blob file {path} is truncated")
+            raise StoreError(f"blob file {self.blobs.path(name)} is truncated")
         return data
 
     def close_files(self) -> None:
-        fds: dict[Path, int] | None = getattr(self._files, "fds", None)
+        fds: dict[str, int] | None = getattr(self._files, "fds", None)
         for fd in (fds or {}).values():
             with contextlib.suppress(OSError):
                 os.close(fd)
