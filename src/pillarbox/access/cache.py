@@ -93,14 +93,26 @@ class CacheEntry:
                 json.dumps(sort, ensure_ascii=False, separators=(",", ":")))
 
 
-def from_row(row: Sequence[object]) -> CacheEntry | None:
+_VERSION_PREFIX = '{"v":%d,' % CACHE_VERSION   # how to_row's JSON begins
+
+
+def from_row(row: Sequence[object], *, sort_keys: bool = True) -> CacheEntry | None:
     """The entry stored as ``row``; None when the row is of another version or damaged
-    (the caller then computes it again)."""
+    (the caller then computes it again).
+
+    ``sort_keys=False`` leaves the SORT and THREAD values at their defaults and
+    does not decode their JSON: FETCH renders only the three IMAP values, and
+    decoding was a fifth of the cost of a cached ``FETCH 1:30 (ENVELOPE)``.
+    """
     try:
         env, bs, body, sort_json = row
         if not (isinstance(env, bytes | memoryview) and isinstance(bs, bytes | memoryview)
                 and isinstance(body, bytes | memoryview) and isinstance(sort_json, str)):
             return None
+        if not sort_keys:
+            if not sort_json.startswith(_VERSION_PREFIX):
+                return None
+            return CacheEntry(envelope=bytes(env), bodystructure=bytes(bs), body=bytes(body))
         s = json.loads(sort_json)
         if not isinstance(s, dict) or s.get("v") != CACHE_VERSION:
             return None

@@ -199,6 +199,7 @@ def _partial(data: bytes, partial: tuple[int, int] | None) -> tuple[bytes, bytes
 _ATOM_SPECIALS = frozenset(b'(){ %*"\\]')
 
 
+@functools.lru_cache(maxsize=512)
 def _echo(section: Section) -> bytes:
     """The section as the response names it: field names upper-cased (they are
     case-insensitive), quoted when they are not atoms."""
@@ -216,6 +217,9 @@ def _echo(section: Section) -> bytes:
     return out
 
 
+# A FETCH asks for the same sections of every message: render each once.
+_spec = functools.lru_cache(maxsize=512)(Section.spec)
+
 _HEADER_ONLY = frozenset({"HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT"})
 
 
@@ -224,7 +228,7 @@ def _body_section(msg: _Message, section: Section) -> bytes:
     # clients' message lists (BODY.PEEK[HEADER.FIELDS (...)]) parses no body.
     root = msg.header_root if not section.part and section.text in _HEADER_ONLY else msg.root
     try:
-        return fetch_section(root, section.spec())
+        return fetch_section(root, _spec(section))
     except SectionError:
         # e.g. 1.HEADER of a part that is not message/rfc822: nothing to give
         return b""

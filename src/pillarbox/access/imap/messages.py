@@ -42,8 +42,10 @@ class MessageGone(Exception):
 class _Loader:
     """Content and cache entries of one command's messages, loaded once each."""
 
-    def __init__(self, s: IMAPSession, mailbox_id: int, metas: list[MessageMeta]) -> None:
+    def __init__(self, s: IMAPSession, mailbox_id: int, metas: list[MessageMeta], *,
+                 sort_keys: bool = True) -> None:
         self.s = s
+        self.sort_keys = sort_keys      # False: FETCH, which renders no SORT/THREAD keys
         self.mailbox_id = mailbox_id
         self.metas = metas
         self._cache: dict[str, CacheEntry | None] | None = None
@@ -71,7 +73,9 @@ class _Loader:
     def cache(self, meta: MessageMeta) -> CacheEntry | None:
         if self._cache is None:
             rows = self.s.ctx.store.cache_get([m.blob for m in self.metas])
-            self._cache = {blob: cache_mod.from_row(row) for blob, row in rows.items()}
+            keys = self.sort_keys
+            self._cache = {blob: cache_mod.from_row(row, sort_keys=keys)
+                           for blob, row in rows.items()}
         return self._cache.get(meta.blob) or self.computed.get(meta.blob)
 
     def save(self) -> None:
@@ -153,7 +157,7 @@ async def fetch(s: IMAPSession, cmd: c.Fetch) -> None:
                 if m.uid in new:
                     m.flags, m.modseq = new[m.uid].flags, new[m.uid].modseq
                     seen.add(m.uid)
-    loader = _Loader(s, view.mailbox_id, metas)
+    loader = _Loader(s, view.mailbox_id, metas, sort_keys=False)
     written = 0
     gone = len(uids) - len(metas) if cmd.changedsince is None else 0
     try:
