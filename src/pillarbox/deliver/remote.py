@@ -1,0 +1,661 @@
+"""Remote delivery: one message, the recipients of one domain, over SMTP.
+
+:class:`RemoteDelivery` takes a route for the domain from the MX resolver
+(``pillarbox.deliver.mx``; anything with ``async route(domain)``) or uses
+the configured relay host, and tries its hosts and their addresses in order
+(RFC 5321 §5.1): the next one on a connection failure, a time-out before the
+transaction, a 4xx or 5xx greeting, a refused EHLO, or a required TLS that
+was not there.  Once MAIL is sent the attempt belongs to that server: its
+replies decide each recipient's outcome (``pillarbox.deliver.outbound``):
+
+- 2xx → ``delivered``, or ``relayed`` when the recipient asked for
+  NOTIFY=SUCCESS and the next hop does not do DSN (RFC 3461 §5.2.2);
+- 4xx → ``deferred``; 5xx → ``failed``; the reply quoted exactly;
+- a refused MAIL, DATA or end of data applies to every recipient it covers;
+- a connection lost or timed out in the transaction → ``deferred``.
+
+Before the transaction, what the next hop offers decides: a message that
+needs SMTPUTF8 fails with 5.6.7 where it is not offered (RFC 6531 §3.5); an
+8-bit message goes out converted to 7-bit MIME where 8BITMIME is not
+offered (RFC 6152 §3, ``pillarbox.mime.generate.to_7bit``); a message larger
+than the server's SIZE fails with 5.3.4 (RFC 1870 §6).
+
+TLS per domain: ``none`` (never STARTTLS), ``may`` (STARTTLS when offered,
+any certificate; a failed handshake falls back to plaintext, RFC 7435 §3),
+``encrypt`` (TLS required, any certificate), ``verify`` (TLS required, the
+certificate valid for the MX host name).
+
+Connections: at most ``per_destination`` in use per destination and
+``total`` in all; an idle connection is kept ``idle_seconds`` and carries the
+next message to the same destination after an RSET.  A slow destination
+only ever holds its own slots, and every wait is bounded by a time-out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import ipaddress
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO, Protocol
+
+from pillarbox.deliver.outbound import Delivery, OutboundMessage, Outcome, Status
+from pillarbox.log import log_event
+from pillarbox.mime.generate import to_7bit
+from pillarbox.net.smtp_client import SessionFailed, SMTPClient, Timeouts, Transaction
+from pillarbox.protocols.smtp.client import (
+    Envelope,
+    LocalClientError,
+    LoginClient,
+    PlainClient,
+    Recipient,
+    SASLClient,
+    ServerReply,
+)
+
+if TYPE_CHECKING:
+    from pillarbox.config import DeliveryConfig
+
+__all__ = ["RelayHost", "RemoteDelivery", "RouteResolver", "TLSPolicy"]
+
+log = logging.getLogger("pillarbox.remote")
+
+CHUNK = 65536
+RSET_PROBE = 30.0     # seconds for the RSET that checks an idle connection before reuse
+
+
+class TLSPolicy(enum.Enum):
+    NONE = "none"
+    MAY = "may"
+    ENCRYPT = "encrypt"
+    VERIFY = "verify"
+
+
+class _MXHost(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def preference(self) -> int: ...
+    @property
+    def addresses(self) -> tuple[str, ...]: ...
+
+
+class _Route(Protocol):
+    @property
+    def hosts(self) -> Sequence[_MXHost]: ...
+
+
+class RouteResolver(Protocol):
+    async def route(self, domain: str) -> _Route: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Host:
+    name: str
+    preference: int
+    addresses: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _HostList:
+    domain: str
+    hosts: tuple[_Host, ...]
+    implicit: bool = False
+
+
+def _without_ourselves(hosts: Sequence[_MXHost], me: str) -> list[_MXHost] | None:
+    """RFC 5321 §5.1: when we are one of the domain's MX hosts, only the ones
+    preferred to us may be tried (the others would hand it back); None when
+    none is: a loop, as when a domain's only MX names us and the domain is
+    not ours."""
+    me = me.lower().rstrip(".")
+    ours = [h.preference for h in hosts if h.name.lower().rstrip(".") == me]
+    if not ours:
+        return list(hosts)
+    best = min(ours)
+    return [h for h in hosts if h.preference < best] or None
+
+
+@dataclass(frozen=True, slots=True)
+class RelayHost:
+    """A smarthost that replaces MX routing: all mail goes to it."""
+
+    host: str                       # a name or an IP literal
+    port: int = 587
+    implicit_tls: bool = False      # TLS from the first byte (RFC 8314), e.g. port 465
+    tls: TLSPolicy = TLSPolicy.ENCRYPT   # for STARTTLS; implicit TLS is always encrypted
+    username: str | None = None
+    password: str | None = None
+
+    def __repr__(self) -> str:      # never the password
+        return (f"RelayHost({self.host!r}, {self.port}, implicit_tls={self.implicit_tls}, "
+                f"tls={self.tls.value}, username={self.username!r})")
+
+
+@dataclass(eq=False)
+class _Destination:
+    slots: asyncio.Semaphore
+    idle: list[tuple[SMTPClient, asyncio.TimerHandle]] = field(default_factory=list)
+    users: int = 0        # deliveries holding or waiting for a slot
+
+
+class _TryNext(Exception):
+    """This host or address cannot take the message now; ``reply`` says why."""
+
+    def __init__(self, reply: str, permanent: bool = False) -> None:
+        super().__init__(reply)
+        self.reply = reply
+        self.permanent = permanent
+
+
+class RemoteDelivery:
+    """Delivers queued messages to other mail servers (see the module docstring)."""
+
+    def __init__(
+        self,
+        resolver: RouteResolver | None,
+        *,
+        helo_name: str,
+        port: int = 25,
+        tls_policies: Mapping[str, TLSPolicy] | None = None,
+        default_tls: TLSPolicy = TLSPolicy.MAY,
+        relay: RelayHost | None = None,
+        per_destination: int = 20,
+        total: int = 100,
+        idle_seconds: float = 5.0,
+        max_messages_per_connection: int = 100,
+        timeouts: Timeouts = Timeouts(),
+        ca_file: Path | None = None,
+        use_chunking: bool = True,
+    ) -> None:
+        if resolver is None and relay is None:
+            raise ValueError("remote delivery needs an MX resolver or a relay host")
+        self.resolver = resolver
+        self.helo_name = helo_name
+        self.port = port
+        self.tls_policies = {k.lower().rstrip("."): v for k, v in (tls_policies or {}).items()}
+        self.default_tls = default_tls
+        self.relay = relay
+        self.per_destination = per_destination
+        self.idle_seconds = idle_seconds
+        self.max_messages_per_connection = max_messages_per_connection
+        self.timeouts = timeouts
+        self.ca_file = ca_file
+        self.use_chunking = use_chunking
+        self._total = asyncio.Semaphore(total)
+        self._destinations: dict[str, _Destination] = {}
+        self._contexts: dict[bool, ssl.SSLContext] = {}
+        self._closed = False
+        self._background: set[asyncio.Task[None]] = set()   # QUITs of idle connections
+
+    @classmethod
+    def from_config(cls, config: DeliveryConfig, resolver: RouteResolver | None, *,
+                    helo_name: str) -> RemoteDelivery:
+        """Built from the ``[delivery]`` section; with ``relay_host`` the resolver is unused."""
+        from pillarbox.config import parse_listen_address
+
+        relay = None
+        if config.relay_host:
+            host, port = parse_listen_address(config.relay_host)
+            password = None
+            if config.relay_password_file is not None:
+                lines = config.relay_password_file.read_text(encoding="utf-8").splitlines()
+                password = lines[0] if lines else ""
+            relay = RelayHost(host.strip("[]"), port, implicit_tls=config.relay_implicit_tls,
+                              tls=TLSPolicy(config.relay_tls),
+                              username=config.relay_username or None, password=password)
+        timeouts = Timeouts(
+            connect=config.connect_timeout, greeting=config.command_timeout,
+            command=config.command_timeout, mail=config.command_timeout,
+            rcpt=config.command_timeout, data_init=config.data_init_timeout,
+            data_block=config.data_block_timeout, data_end=config.data_end_timeout)
+        policies = {}
+        for item in config.tls_policy.replace(",", " ").split():
+            domain, _, policy = item.partition("=")
+            policies[domain] = TLSPolicy(policy)
+        return cls(
+            None if relay else resolver, helo_name=helo_name, port=config.remote_port,
+            tls_policies=policies, default_tls=TLSPolicy(config.tls_default), relay=relay,
+            per_destination=config.connections_per_destination,
+            total=config.connections_total, idle_seconds=config.connection_idle_seconds,
+            timeouts=timeouts, ca_file=config.tls_ca_file,
+        )
+
+    # ---------------------------------------------------------------- public
+
+    async def deliver(self, domain: str, message: OutboundMessage) -> Delivery:
+        """One attempt for the recipients of ``domain``: an outcome for each of them."""
+        if self._closed:
+            raise RuntimeError("RemoteDelivery is closed")
+        if not message.recipients:
+            return Delivery(())
+        key = self._key(domain)
+        dest = self._destinations.get(key)
+        if dest is None:
+            dest = self._destinations[key] = _Destination(asyncio.Semaphore(self.per_destination))
+        dest.users += 1
+        try:
+            async with dest.slots, self._total:
+                return await self._deliver(dest, domain, message)
+        finally:
+            dest.users -= 1
+            self._forget(key, dest)
+
+    def _key(self, domain: str) -> str:
+        """Connections and limits are per destination: the domain, or the relay host."""
+        return "[relay]" if self.relay else domain.lower().rstrip(".")
+
+    def _forget(self, key: str, dest: _Destination) -> None:
+        """Drop a destination nobody uses: a million domains must not stay in memory."""
+        if not dest.users and not dest.idle and self._destinations.get(key) is dest:
+            del self._destinations[key]
+
+    async def close(self) -> None:
+        """QUIT every idle connection; deliveries under way finish on their own."""
+        self._closed = True
+        quits = []
+        for key, dest in list(self._destinations.items()):
+            for client, timer in dest.idle:
+                timer.cancel()
+                quits.append(client.quit())
+            dest.idle.clear()
+            self._forget(key, dest)
+        await asyncio.gather(*quits, *self._background, return_exceptions=True)
+
+    @property
+    def idle_connections(self) -> int:
+        return sum(len(d.idle) for d in self._destinations.values())
+
+    # ------------------------------------------------------------- delivery
+
+    async def _deliver(self, dest: _Destination, domain: str, message: OutboundMessage) -> Delivery:
+        while dest.idle:
+            client, timer = dest.idle.pop()
+            timer.cancel()
+            if client.closed:
+                continue
+            try:
+                # A probe as much as a reset: an idle connection the server has
+                # dropped without a word must not cost a full command time-out.
+                async with asyncio.timeout(min(self.timeouts.command, RSET_PROBE)):
+                    reply = await client.reset()
+            except (SessionFailed, TimeoutError):
+                client.abort()
+                continue
+            if not reply.is_positive:
+                await client.quit()
+                continue
+            try:
+                return await self._transaction(dest, client, domain, message, reused=True)
+            except BaseException:
+                client.abort()
+                raise
+
+        policy = self._policy(domain)
+        route: _Route
+        if self.relay is not None:
+            route = await self._relay_route(domain)
+            port = self.relay.port
+        else:
+            assert self.resolver is not None
+            try:
+                route = await self.resolver.route(domain)
+            except Exception as exc:
+                # pillarbox.deliver.mx.RouteError: permanent (null MX, no such
+                # domain) or transient (DNS time-out), with its reply text.
+                why = getattr(exc, "reply", None)
+                if why is None:
+                    # Not a RouteError: a bug or an unforeseen resolver failure.
+                    # The message is kept and tried again; the log says what broke.
+                    log.error("route lookup for %s failed", domain, exc_info=exc)
+                    why = f"451 4.4.3 Routing error for {domain}: {exc!r}"
+                permanent = bool(getattr(exc, "permanent", False))
+                log_event(log, "attempt", queue_id=message.queue_id, domain=domain,
+                          result="failed" if permanent else "deferred", reply=str(why),
+                          level=logging.WARNING)
+                return self._all(message, "failed" if permanent else "deferred", str(why))
+            port = self.port
+            hosts = _without_ourselves(route.hosts, self.helo_name)
+            if hosts is None:
+                why = (f"554 5.4.6 Mail for {domain} loops back to myself"
+                       f" ({self.helo_name} is its best MX)")
+                log_event(log, "attempt", queue_id=message.queue_id, domain=domain,
+                          result="failed", reply=why, level=logging.WARNING)
+                return self._all(message, "failed", why)
+            route = _HostList(domain, tuple(_Host(h.name, h.preference, h.addresses)
+                                              for h in hosts))
+
+        errors: list[_TryNext] = []
+        for host in route.hosts:
+            for address in host.addresses:
+                started = time.monotonic()
+                try:
+                    client = await self._open(host.name, address, port, policy)
+                except _TryNext as exc:
+                    errors.append(exc)
+                    log_event(log, "attempt", queue_id=message.queue_id, domain=domain,
+                              mx=host.name, address=address, port=port, result="next",
+                              reply=exc.reply, seconds=round(time.monotonic() - started, 3),
+                              level=logging.INFO)
+                    continue
+                try:
+                    return await self._transaction(dest, client, domain, message,
+                                                   reused=False, started=started)
+                except BaseException:
+                    client.abort()     # a bug or a cancellation: never leave it open
+                    raise
+        if not errors:
+            text = f"451 4.4.4 No mail server address for {domain}"
+            return self._all(message, "deferred", text)
+        permanent = all(e.permanent for e in errors)
+        return self._all(message, "failed" if permanent else "deferred", errors[-1].reply)
+
+    async def _relay_route(self, domain: str) -> _HostList:
+        relay = self.relay
+        assert relay is not None
+        try:
+            ipaddress.ip_address(relay.host)
+            addresses: tuple[str, ...] = (relay.host,)
+        except ValueError:
+            loop = asyncio.get_running_loop()
+            try:
+                async with asyncio.timeout(self.timeouts.connect):
+                    infos = await loop.getaddrinfo(relay.host, relay.port,
+                                                   type=socket.SOCK_STREAM)
+                addresses = tuple(dict.fromkeys(str(i[4][0]) for i in infos))
+            except (OSError, TimeoutError):
+                addresses = ()
+        return _HostList(domain, (_Host(relay.host, 0, addresses),))
+
+    def _policy(self, domain: str) -> TLSPolicy:
+        if self.relay is not None:
+            return self.relay.tls
+        return self.tls_policies.get(domain.lower().rstrip("."), self.default_tls)
+
+    def _context(self, verify: bool) -> ssl.SSLContext:
+        ctx = self._contexts.get(verify)
+        if ctx is None:
+            if verify:
+                ctx = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+            else:
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            self._contexts[verify] = ctx
+        return ctx
+
+    async def _open(self, name: str, address: str, port: int, policy: TLSPolicy) -> SMTPClient:
+        """A session ready for MAIL on ``address``, or :class:`_TryNext`."""
+        relay = self.relay
+        implicit = relay is not None and relay.implicit_tls
+        verify = policy is TLSPolicy.VERIFY
+        try_tls = policy is not TLSPolicy.NONE and not implicit
+        where = f"{name}[{address}]:{port}"
+        while True:
+            client: SMTPClient | None = None
+            try:
+                client = await SMTPClient.connect(
+                    address, port, helo_name=self.helo_name, timeouts=self.timeouts,
+                    host_name=name, implicit_tls=self._context(verify) if implicit else None,
+                    use_chunking=self.use_chunking)
+                greeting = client.greeting
+                assert greeting is not None
+                if greeting.code != 220:
+                    await client.quit()
+                    raise _TryNext(greeting.quote(), permanent=greeting.is_permanent)
+                reply = await client.hello()
+                if not reply.is_positive:
+                    await client.quit()
+                    raise _TryNext(reply.quote(), permanent=reply.is_permanent)
+                if try_tls and client.extensions.starttls:
+                    try:
+                        reply = await client.starttls(self._context(verify), name)
+                    except SessionFailed as exc:
+                        if exc.kind == "tls" and policy is TLSPolicy.MAY:
+                            # RFC 7435 3: opportunistic TLS falls back to plaintext.
+                            log_event(log, "tls fallback", mx=name, address=address,
+                                      error=exc.detail, level=logging.INFO)
+                            try_tls = False
+                            continue
+                        raise
+                    if not reply.is_positive and client.tls is not None:
+                        await client.quit()   # EHLO under TLS refused
+                        raise _TryNext(reply.quote(), permanent=reply.is_permanent)
+                    refused = "" if client.tls else f" (STARTTLS refused: {reply.quote()})"
+                else:
+                    refused = ""
+                if policy in (TLSPolicy.ENCRYPT, TLSPolicy.VERIFY) and client.tls is None:
+                    await client.quit()
+                    raise _TryNext(f"450 4.7.4 TLS is required, but {where} did not offer "
+                                   f"it{refused}")
+                if relay is not None and relay.username:
+                    await self._authenticate(client, relay, where)
+                return client
+            except SessionFailed as exc:
+                if client is not None:
+                    client.abort()
+                raise _TryNext(self._failure_text(exc, where)) from None
+            except _TryNext:
+                if client is not None:
+                    client.abort()
+                raise
+
+    async def _authenticate(self, client: SMTPClient, relay: RelayHost, where: str) -> None:
+        if client.tls is None:
+            await client.quit()
+            raise _TryNext(f"451 4.7.0 Not sending credentials to {where} without TLS")
+        offered = client.extensions.auth
+        mechanism: SASLClient
+        assert relay.username is not None
+        password = relay.password or ""
+        if "SCRAM-SHA-256" in offered:
+            from pillarbox.auth.scram_client import ScramClient
+
+            mechanism = ScramClient(relay.username, password)
+        elif "PLAIN" in offered:
+            mechanism = PlainClient(relay.username, password)
+        elif "LOGIN" in offered:
+            mechanism = LoginClient(relay.username, password)
+        else:
+            await client.quit()
+            raise _TryNext(f"451 4.7.0 {where} offers no SASL mechanism we know "
+                           f"({' '.join(sorted(offered)) or 'no AUTH'})")
+        reply = await client.auth(mechanism)
+        if not reply.is_positive:
+            await client.quit()
+            # A refused login is a configuration problem here: retry, never bounce.
+            raise _TryNext(f"451 4.7.0 {where} refused AUTH {mechanism.name} as "
+                           f"{relay.username} (check the relay credentials): {reply.quote()}")
+
+    @staticmethod
+    def _failure_text(exc: SessionFailed, where: str) -> str:
+        if exc.kind == "connect":
+            return f"451 4.4.1 No answer from {where}: {exc.detail}"
+        if exc.kind == "timeout":
+            return f"451 4.4.2 Timeout: {exc.detail}"
+        if exc.kind == "closing" and exc.reply is not None:
+            return exc.reply.quote()
+        if exc.kind == "tls":
+            return f"451 4.7.5 {exc.detail}"
+        if exc.kind == "protocol":
+            return f"451 4.5.0 Protocol error: {exc.detail}"
+        return f"451 4.4.2 Lost connection to {where} waiting for {exc.stage} reply"
+
+    # ---------------------------------------------------------- transaction
+
+    async def _transaction(self, dest: _Destination, client: SMTPClient, domain: str,
+                           message: OutboundMessage, *, reused: bool,
+                           started: float | None = None) -> Delivery:
+        started = started if started is not None else time.monotonic()
+        name = client.host_name
+        ext = client.extensions
+        tls = str(client.tls) if client.tls else None
+        smtputf8 = message.smtputf8 or not message.reverse_path.isascii() or any(
+            not r.address.isascii() for r in message.recipients)
+        delivery: Delivery
+        keep = True
+        if smtputf8 and not ext.smtputf8:
+            delivery = self._all(message, "failed", f"550 5.6.7 {client.peer} does not support "
+                                 "SMTPUTF8, which this message needs (RFC 6531 3.5)", name, tls)
+        elif ext.size and message.size > ext.size:
+            delivery = self._all(message, "failed", f"552 5.3.4 Message size {message.size} "
+                                 f"exceeds the limit of {ext.size} of {client.peer}", name, tls)
+        else:
+            delivery, keep = await self._send(client, message, smtputf8)
+        results = [o.result for o in delivery.outcomes]
+        log_event(log, "attempt", queue_id=message.queue_id, domain=domain, mx=name,
+                  address=client.address, port=client.port, tls=tls or "none",
+                  tls_peer=client.tls.peer_name if client.tls else None, reused=reused,
+                  result=",".join(sorted(set(results))),
+                  delivered=results.count("delivered") + results.count("relayed"),
+                  deferred=results.count("deferred"), failed=results.count("failed"),
+                  reply=delivery.outcomes[0].reply.split("\n")[-1] if delivery.outcomes else None,
+                  seconds=round(time.monotonic() - started, 3))
+        if keep and not client.closed:
+            self._release(self._key(domain), dest, client)
+        else:
+            client.abort()
+        return delivery
+
+    async def _send(self, client: SMTPClient, message: OutboundMessage,
+                    smtputf8: bool) -> tuple[Delivery, bool]:
+        """The transaction itself; also whether the connection may carry another."""
+        ext = client.extensions
+        name, tls = client.host_name, str(client.tls) if client.tls else None
+        body, size = message.body, message.size
+        converted: bytes | None = None
+        if body == "8BITMIME" and not ext.eightbitmime:
+            # RFC 6152 3: the next hop takes 7-bit only; convert, keeping the content.
+            try:
+                converted = await asyncio.to_thread(self._read_7bit, message)
+            except OSError as exc:
+                return self._all(message, "deferred", "451 4.3.0 Local error reading the "
+                                 f"message: {exc}", name, tls), True
+            except Exception as exc:   # a message our MIME code cannot rewrite
+                log.error("7-bit conversion of %s failed", message.queue_id, exc_info=exc)
+                return self._all(message, "failed", "554 5.6.3 Conversion to 7-bit MIME for "
+                                 f"{client.peer}, which lacks 8BITMIME, failed: {exc}",
+                                 name, tls), True
+            body, size = None, len(converted)
+        envelope = Envelope(
+            message.reverse_path,
+            tuple(Recipient(r.address, r.notify, r.orcpt) for r in message.recipients),
+            size=size, body=body if body == "8BITMIME" else None, smtputf8=smtputf8,
+            ret=message.dsn_ret, envid=message.dsn_envid)
+        content = _chunks(converted) if converted is not None else _read(message.open_body)
+        try:
+            tx = await client.send(envelope, content)
+        except SessionFailed as exc:
+            return self._all(message, "deferred", self._failure_text(exc, client.peer),
+                             name, tls), False
+        except LocalClientError as exc:
+            return self._all(message, "deferred",
+                             f"451 4.3.0 Local error sending to {client.peer}: {exc}",
+                             name, tls), False
+        except OSError as exc:   # reading the spool failed mid-message: never end it
+            return self._all(message, "deferred",
+                             f"451 4.3.0 Local error reading the message: {exc}", name, tls), False
+        finally:
+            if isinstance(content, _Reader):
+                content.close()
+        return self._outcomes(message, tx, name, tls, ext.dsn), True
+
+    @staticmethod
+    def _read_7bit(message: OutboundMessage) -> bytes:
+        with message.open_body() as f:
+            return to_7bit(f.read())
+
+    def _quit_later(self, client: SMTPClient) -> None:
+        task = asyncio.get_running_loop().create_task(client.quit())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _release(self, key: str, dest: _Destination, client: SMTPClient) -> None:
+        """Keep the connection for the next message to this destination, a while."""
+        if (self._closed or self.idle_seconds <= 0
+                or client.messages >= self.max_messages_per_connection
+                or len(dest.idle) >= self.per_destination):
+            self._quit_later(client)
+            return
+
+        def expire() -> None:
+            for i, (c, _) in enumerate(dest.idle):
+                if c is client:
+                    del dest.idle[i]
+                    self._quit_later(client)
+                    self._forget(key, dest)
+                    return
+
+        timer = asyncio.get_running_loop().call_later(self.idle_seconds, expire)
+        dest.idle.append((client, timer))
+
+    def _outcomes(self, message: OutboundMessage, tx: Transaction, mta: str,
+                  tls: str | None, dsn: bool) -> Delivery:
+        outcomes = []
+        for rcpt, reply in zip(message.recipients, tx.rcpts, strict=True):
+            if not tx.mail.is_positive or reply is None:
+                decided = tx.mail
+            elif not reply.is_positive:
+                decided = reply
+            elif tx.data is not None and tx.data.code != 354:
+                decided = tx.data
+            elif tx.final is None:
+                decided = tx.data or reply
+            else:
+                decided = tx.final
+            result = _result(decided)
+            if result == "delivered" and not dsn and "SUCCESS" in (rcpt.notify or "").upper():
+                result = "relayed"
+            outcomes.append(Outcome(rcpt.idx, result, decided.quote(),
+                                    decided.status_or(), mta))
+        return Delivery(tuple(outcomes), tls)
+
+    @staticmethod
+    def _all(message: OutboundMessage, result: Status, reply: str, mta: str | None = None,
+             tls: str | None = None) -> Delivery:
+        first = reply.split("\n")[0]
+        parts = first.split(" ")
+        status = parts[1] if len(parts) > 1 and parts[1][:1] in "245" and "." in parts[1] \
+            else f"{first[:1] or '4'}.0.0"
+        return Delivery(tuple(Outcome(r.idx, result, reply, status, mta)
+                              for r in message.recipients), tls)
+
+
+def _result(reply: ServerReply) -> Status:
+    if reply.is_positive:
+        return "delivered"
+    return "deferred" if reply.is_transient else "failed"
+
+
+def _chunks(data: bytes) -> Iterator[bytes]:
+    for i in range(0, len(data), CHUNK):
+        yield data[i : i + CHUNK]
+
+
+class _Reader:
+    """The stored message in chunks, opened on first use, closed by ``close()``."""
+
+    def __init__(self, opener: Callable[[], BinaryIO]) -> None:
+        self._opener = opener
+        self._file: BinaryIO | None = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        self._file = self._opener()
+        while chunk := self._file.read(CHUNK):
+            yield chunk
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _read(opener: Callable[[], BinaryIO]) -> _Reader:
+    return _Reader(opener)
