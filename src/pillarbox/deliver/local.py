@@ -29,6 +29,15 @@ them two copies.  A retry skips the accounts that got their copy in an
 earlier attempt through another recipient of the entry (found by the copies'
 ``delivery`` keys), so the one-copy-per-account rule holds across attempts.
 
+Recipients of other post offices, and what senders must be told: the queue
+manager passes a ``Handoff``.  Remote recipients then stay pending and are
+listed in it (the manager dispatches them to remote delivery), and so are the
+events a sender may have to hear of (a recipient that went away, a delivery
+that NOTIFY=SUCCESS asked to hear about, RFC 3461 4.1); an entry with either
+is kept for the manager, which reports and finishes it in the same
+transaction.  Without a ``Handoff`` (tools, tests) a remote recipient fails
+as one that went away.
+
 This module is the policy; the reads and writes are the store's
 (``LocalDelivery`` in ``pillarbox.store.base``, for SQLite
 ``pillarbox.store.sqlite.delivery``), so another backend slots in here
@@ -38,7 +47,7 @@ unchanged.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pillarbox.deliver.recipients import Verdict, cached, resolve, split_address
 from pillarbox.protocols.smtp.reply import MAILBOX_FULL
@@ -46,6 +55,7 @@ from pillarbox.store.base import Delivered, LocalDelivery, Quota
 
 GONE = "550 5.1.1 No such user here (it went away after the message was accepted)"
 FULL = str(MAILBOX_FULL)
+DELIVERED = "250 2.0.0 delivered"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +64,27 @@ class Failure:
     recipient: str
     reply: str
     permanent: bool
+    idx: int = -1                # the recipient's index in its entry
+
+
+@dataclass(frozen=True, slots=True)
+class LocalEvent:
+    """Something local delivery did that the sender may hear of (a DSN)."""
+
+    queue_id: str
+    idx: int
+    address: str
+    action: str                  # "failed" or "delivered" (RFC 3464 2.3.3)
+    reply: str
+
+
+@dataclass(slots=True)
+class Handoff:
+    """What local delivery leaves to the queue manager (see the module docstring)."""
+
+    remote: list[tuple[str, int, str]] = field(default_factory=list)  # (queue id, idx, address)
+    events: list[LocalEvent] = field(default_factory=list)
+    kept: set[str] = field(default_factory=set)   # entries left for the manager to finish
 
 
 def _prefix(reverse_path: str, recipient: str) -> bytes:
@@ -70,12 +101,14 @@ def would_exceed(q: Quota | None, size: int) -> bool:
 
 
 def deliver_batch(
-    batch: LocalDelivery, queue_ids: list[str], delimiters: str
+    batch: LocalDelivery, queue_ids: list[str], delimiters: str,
+    handoff: Handoff | None = None,
 ) -> tuple[list[Delivered], list[Failure]]:
     """Deliver the pending recipients of ``queue_ids``; runs inside one transaction.
 
     Lookups are remembered for the batch (the transaction sees one state of
-    the directory anyway).
+    the directory anyway).  With ``handoff``, remote recipients and reportable
+    events go there, and their entries are kept (not finished).
     """
     directory = cached(batch.directory(), ttl=3600.0)
     delivered: list[Delivered] = []
@@ -91,19 +124,27 @@ def deliver_batch(
         # One copy per mailbox, however many recipients lead there, and
         # whichever attempt made it (a retry after a full mailbox).
         reached = batch.copies_made(queue_id) if entry.attempts else set()
+        kept = False     # the manager finishes the entry (remote recipients, a DSN)
         for idx, address in entry.recipients:
             local, domain = split_address(address)
             resolution = resolve(directory, local, domain, delimiters)
+            if resolution.verdict is Verdict.REMOTE and handoff is not None:
+                handoff.remote.append((queue_id, idx, address))
+                kept = True
+                continue
             if resolution.verdict is not Verdict.LOCAL:
                 batch.settle(queue_id, idx, "failed", GONE)
-                failures.append(Failure(queue_id, address, GONE, True))
+                failures.append(Failure(queue_id, address, GONE, True, idx))
+                if handoff is not None:
+                    handoff.events.append(LocalEvent(queue_id, idx, address, "failed", GONE))
+                    kept = True
                 continue
             prefix = _prefix(entry.reverse_path, address)
             size = entry.size + len(prefix)
             accounts = [a for a in resolution.accounts if a.id not in reached]
             if any(would_exceed(batch.quota(a.id), size) for a in accounts):
                 batch.settle(queue_id, idx, "pending", FULL)
-                failures.append(Failure(queue_id, address, FULL, False))
+                failures.append(Failure(queue_id, address, FULL, False, idx))
                 waiting = True
                 continue
             for account in accounts:
@@ -116,8 +157,13 @@ def deliver_batch(
                     queue_id, entry.reverse_path, address, account.address, "INBOX", uid,
                     size, now - entry.arrived,
                 ))
-            batch.settle(queue_id, idx, "delivered", "250 2.0.0 delivered")
-        if waiting:
+            batch.settle(queue_id, idx, "delivered", DELIVERED)
+            if handoff is not None and idx in entry.notify_success:
+                handoff.events.append(LocalEvent(queue_id, idx, address, "delivered", DELIVERED))
+                kept = True
+        if handoff is not None and (kept or waiting):
+            handoff.kept.add(queue_id)   # reported, scheduled or finished by the manager
+        if waiting or kept:
             batch.keep(queue_id, copies)
         else:
             # Every pending recipient is settled now: the queue's own reference goes.

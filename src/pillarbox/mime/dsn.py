@@ -45,7 +45,10 @@ class RecipientStatus:
         if self.original_recipient:
             orcpt = self.original_recipient
             out.append(f"Original-Recipient: {orcpt if ';' in orcpt else 'rfc822;' + orcpt}")
-        out.append(f"Final-Recipient: rfc822;{self.final_recipient}")
+        # RFC 6533 3: a non-ASCII address is of type "utf-8", in a
+        # message/global-delivery-status (build_dsn), never made ASCII.
+        kind = "rfc822" if self.final_recipient.isascii() else "utf-8"
+        out.append(f"Final-Recipient: {kind};{self.final_recipient}")
         out.append(f"Action: {self.action}")
         out.append(f"Status: {self.status}")
         if self.remote_mta:
@@ -103,7 +106,9 @@ def build_dsn(
     explanation: str | None = None,
     date: datetime | None = None,
 ) -> bytes:
-    """A complete DSN message (RFC 3464 §2, RFC 6522 §3), CRLF line ends, 7-bit.
+    """A complete DSN message (RFC 3464 §2, RFC 6522 §3), CRLF line ends, 7-bit
+    unless a recipient's address is not ASCII (RFC 6533: then UTF-8, in
+    ``message/global-delivery-status``).
 
     ``return_content`` follows the RET parameter of RFC 3461 §4.3: ``headers``
     returns only the original header, ``full`` the whole message.
@@ -132,6 +137,11 @@ def build_dsn(
     status_body = "\r\n".join(per_message) + "\r\n"
     for r in recipients:
         status_body += "\r\n" + "\r\n".join(r.fields()) + "\r\n"
+    status = status_body.encode("utf-8")
+    # RFC 6533 6.2: the fields of an internationalised address are UTF-8, in
+    # message/global-delivery-status (ASCII with "?" would name nobody).
+    status_type = b"message/delivery-status" if status.isascii() else \
+        b"message/global-delivery-status"
 
     root = parse(original)
     # Internationalised addresses cannot be made 7-bit: return them as RFC 6532
@@ -152,7 +162,7 @@ def build_dsn(
     return b"".join([
         head, b"\r\nThis is a MIME-encapsulated delivery status report.\r\n",
         b"\r\n--", b, b"\r\n", _text_part(explanation),
-        b"\r\n--", b, b"\r\nContent-Type: message/delivery-status\r\n\r\n", status_body.encode("ascii", "replace"),
+        b"\r\n--", b, b"\r\nContent-Type: ", status_type, b"\r\n\r\n", status,
         b"\r\n--", b, b"\r\n", returned,
         b"" if returned.endswith(b"\r\n") else b"\r\n",
         b"--", b, b"--\r\n",

@@ -10,14 +10,25 @@ Two paths lead to delivery:
   transaction carries new entries and the delivery of the previous ones, so a
   message costs a share of two commits and no polling.
 - **The queue.**  Entries that the fast path could not finish (a restart, a
-  transient failure, a retry that is due) are found by a poll every second.
-  Like Postfix's qmgr it reads at most ``batch`` entries at a time, so a huge
-  deferred queue cannot exhaust memory.
+  transient failure, a retry that is due) are found by a poll every second
+  (at once when ``pillarbox queue retry`` wakes it).  Like Postfix's qmgr it
+  holds only a bounded window of them in memory (``pillarbox.queue.dispatch``),
+  so a deferred queue of any length neither exhausts memory nor slows intake.
+
+Each delivery transaction delivers the local recipients
+(``pillarbox.deliver.local``) and hands the others, grouped by destination
+domain, to remote delivery (``RemoteDelivery``, the contract of
+``pillarbox.deliver.outbound``).  Remote attempts run concurrently, each as
+its own task; their outcomes are recorded as they come, with the reports
+senders asked for, by ``pillarbox.queue.ledger``, which also retries,
+expires and warns on the schedule of ``pillarbox.queue.schedule``.  Without
+remote delivery (``remote=None``) remote recipients wait, deferred with a
+reply that says so, until they expire.
 
 A fresh entry is written with its first attempt a lease in the future, so the
-poll leaves it to the fast path; at start every active entry is made due, so
-nothing waits for a lease that no one holds any more.  Transient failures
-defer an entry with exponential back-off; after ``MAX_LIFETIME`` it is held.
+poll leaves it to the fast path; an entry with remote attempts under way is
+leased for longer; at start every active entry is made due, so nothing waits
+for a lease that no one holds any more.
 
 Off the delivery path, the manager also compacts segment files that
 expunges left sparse (``pillarbox.store.sqlite.compact``), a bounded amount
@@ -29,32 +40,51 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from pillarbox.deliver.local import Failure, deliver_batch
+from pillarbox.deliver.local import Failure, Handoff, deliver_batch
+from pillarbox.deliver.outbound import Delivery, OutboundMessage, OutboundRecipient, Outcome
+from pillarbox.deliver.recipients import Verdict, resolve
 from pillarbox.log import log_event
+from pillarbox.queue.dispatch import Dispatcher, Unit
 from pillarbox.queue.ipc import envelope_from_json, serve_requests
-from pillarbox.store.base import Delivered, Envelope
+from pillarbox.queue.ledger import LEASE_SECONDS, Ledger, Round
+from pillarbox.queue.schedule import Schedule
+from pillarbox.store.base import Delivered, Envelope, QueueEntry
 from pillarbox.store.blobs import new_id, segment_separator, sync_file, write_segment
 from pillarbox.store.sqlite.compact import Compaction, CompactionReport
 from pillarbox.store.sqlite.delivery import SQLiteDelivery
+from pillarbox.store.sqlite.queue import SQLiteQueueWork
 from pillarbox.store.sqlite.store import SQLiteStore, is_full
+
+if TYPE_CHECKING:
+    from pillarbox.config import Config
 
 BATCH = 500
 POLL_SECONDS = 1.0
-LEASE_SECONDS = 60.0
-FIRST_RETRY = 300.0
-MAX_RETRY = 4 * 3600.0
-MAX_LIFETIME = 5 * 86400.0
+REMOTE_LEASE = 3600.0          # an entry with remote attempts under way
+ATTEMPT_TIMEOUT = 3000.0       # a remote attempt that takes longer is abandoned (deferred)
 COMPACT_SECONDS = 300.0        # how often to look for sparse segments
 COMPACT_SOON = 5.0             # after our own collect_blobs, or when a run hit its bound
+COLLECT_SECONDS = 1.0          # finished entries' blobs are collected at most this often
+
+REMOTE_DISABLED = ("451 4.3.2 Remote delivery is not enabled on this server;"
+                   " the message waits in the queue")
+CONGESTED = "451 4.4.5 Too many messages are waiting for {domain}; trying again later"
 
 log = logging.getLogger("pillarbox.queue")
+
+
+class RemoteDelivery(Protocol):
+    """What the manager needs of remote delivery (``pillarbox.deliver.remote``)."""
+
+    async def deliver(self, domain: str, message: OutboundMessage) -> Delivery: ...
 
 
 @dataclass(slots=True)
@@ -70,13 +100,22 @@ class Arrival:
 
 
 @dataclass(slots=True)
+class Attempt:
+    """What one delivery transaction did: local results, remote work, bookkeeping."""
+
+    delivered: list[Delivered] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    units: list[Unit] = field(default_factory=list)
+    ledger: Round = field(default_factory=Round)
+
+
+@dataclass(slots=True)
 class Cycle:
     """What one commit of the fresh path did."""
 
     outcome: list[BaseException | None]      # per arrival: None if committed
     fresh: list[str]                         # entries it tried to deliver
-    delivered: list[Delivered] = field(default_factory=list)
-    failures: list[Failure] = field(default_factory=list)
+    attempt: Attempt | None = None
     delivery_error: BaseException | None = None
 
 
@@ -84,24 +123,70 @@ def socket_path(store: SQLiteStore) -> Path:
     return store.run_dir / "queue.sock"
 
 
+def local_postmaster(store: SQLiteStore, hostname: str, delimiters: str) -> str:
+    """Where reports that cannot be delivered go when ``queue.postmaster`` is not set:
+    the postmaster of the server's own name if that resolves locally, else of the
+    first local domain whose postmaster does (as RCPT TO:<Postmaster> is routed,
+    RFC 5321 4.5.1)."""
+    directory = store.directory()
+    for domain in [hostname] + [d[0] for d in store.list_domains()]:
+        if resolve(directory, "postmaster", domain, delimiters).verdict is Verdict.LOCAL:
+            return f"postmaster@{domain}"
+    return f"postmaster@{hostname}"
+
+
 class QueueManager:
-    def __init__(self, store: SQLiteStore, *, delimiters: str, batch: int = BATCH) -> None:
+    def __init__(
+        self, store: SQLiteStore, *, delimiters: str, batch: int = BATCH,
+        remote: RemoteDelivery | None = None, schedule: Schedule | None = None,
+        hostname: str = "localhost", postmaster: str = "", active_limit: int = 10000,
+        concurrency: int = 100, destination_concurrency: int = 20,
+    ) -> None:
         self.store = store
         self.delimiters = delimiters
         self.batch = batch
+        self.remote = remote
+        self.schedule = schedule or Schedule()
+        self.hostname = hostname
+        self._postmaster = postmaster
+        self.ledger = Ledger(self.schedule, hostname, postmaster or f"postmaster@{hostname}")
+        self.dispatcher = Dispatcher(
+            self._attempt_remote, concurrency=concurrency,
+            destination_concurrency=destination_concurrency, active_limit=active_limit,
+        )
         self._fresh: list[str] = []
         self._intake: list[Arrival] = []
         self._busy = False
         self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
         self._tasks: set[asyncio.Future[None]] = set()
         self._stopping = False
         self._server: asyncio.AbstractServer | None = None
         self._compact_due = time.monotonic() + COMPACT_SOON
+        self._collect_pending = False
+        self.collect_delay = COLLECT_SECONDS
+
+    @classmethod
+    def from_config(cls, store: SQLiteStore, config: Config,
+                    remote: RemoteDelivery | None = None) -> QueueManager:
+        q = config.queue
+        return cls(
+            store, delimiters=config.delivery.recipient_delimiter, batch=q.delivery_batch,
+            remote=remote,
+            schedule=Schedule(q.retry_first, q.retry_max, q.lifetime, q.delay_warning),
+            hostname=config.server.hostname, postmaster=q.postmaster,
+            active_limit=q.active_limit, concurrency=q.concurrency,
+            destination_concurrency=q.destination_concurrency,
+        )
 
     # ----------------------------------------------------------------- intake
 
     async def handle(self, frame: dict[str, Any]) -> dict[str, Any]:
         """Commit one handed-over message; answer only once it is durable."""
+        if frame.get("op") == "wake":
+            # ``pillarbox queue retry``/``release``: entries were made due.
+            self._wake.set()
+            return {"ok": True}
         if frame.get("op") != "enqueue":
             return {"ok": False, "error": f"unknown operation {frame.get('op')!r}"}
         blob_id = str(frame["blob"])
@@ -186,9 +271,7 @@ class QueueManager:
             if fresh:
                 conn.execute("SAVEPOINT delivery")
                 try:
-                    cycle.delivered, cycle.failures = deliver_batch(
-                        SQLiteDelivery(self.store, conn), fresh, self.delimiters
-                    )
+                    cycle.attempt = self._deliver_job(conn, fresh, polled=False, crowded=frozenset())
                 except Exception as exc:  # noqa: BLE001 - transient: deferred below
                     conn.execute("ROLLBACK TO delivery")
                     cycle.delivery_error = exc
@@ -221,13 +304,9 @@ class QueueManager:
             if cycle.delivery_error is not None:
                 log.warning("delivery batch failed, deferring %d entries: %s",
                             len(fresh), cycle.delivery_error)
-                self._tasks.add(asyncio.ensure_future(
-                    self._defer(fresh, f"451 4.3.0 {cycle.delivery_error}")))
-            else:
-                self._report(cycle.delivered, cycle.failures)
-                if any(not f.permanent for f in cycle.failures):
-                    # The fresh entries' lease keeps the poll away until this commits.
-                    self._tasks.add(asyncio.ensure_future(self._defer_waiting(cycle.failures)))
+                self._spawn(self._defer(fresh, f"451 4.3.0 {cycle.delivery_error}"))
+            elif cycle.attempt is not None:
+                self._attempted(cycle.attempt)
         for arrival, exc in zip(batch, outcome):
             if exc is None:
                 self._fresh.append(arrival.blob_id)
@@ -237,16 +316,215 @@ class QueueManager:
                 arrival.done.set_result(None)
             else:
                 arrival.done.set_exception(exc)
-        self._tasks = {t for t in self._tasks if not t.done()}
         self._cycle()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --------------------------------------------------------------- delivery
+
+    def _deliver_job(self, conn: sqlite3.Connection, ids: list[str], *, polled: bool,
+                     crowded: frozenset[str]) -> Attempt:
+        """One delivery transaction (on the committer's thread): local recipients,
+        remote recipients grouped into units, bookkeeping of what is complete.
+
+        Recipients at ``crowded`` domains (from the poll: the window already holds
+        enough of theirs) are not tried: the entry is deferred here and now, saying why
+        (4.4.5, system congestion, RFC 3463).
+        """
+        now = time.time()
+        handoff = Handoff()
+        attempt = Attempt()
+        attempt.delivered, attempt.failures = deliver_batch(
+            SQLiteDelivery(self.store, conn), ids, self.delimiters, handoff
+        )
+        if not handoff.kept:
+            return attempt
+        work = SQLiteQueueWork(self.store, conn)
+        entries = work.entries(sorted(handoff.kept))
+        happened: dict[str, list[tuple[int, str, str]]] = {}
+        for e in handoff.events:
+            happened.setdefault(e.queue_id, []).append((e.idx, e.action, e.reply))
+        remote: dict[str, dict[str, list[int]]] = {}
+        for qid, idx, address in handoff.remote:
+            domain = address.rpartition("@")[2].lower()
+            remote.setdefault(qid, {}).setdefault(domain, []).append(idx)
+        out = attempt.ledger
+        leased: list[str] = []
+        for qid in sorted(handoff.kept):
+            entry = entries.get(qid)
+            if entry is None:
+                continue
+            if qid in happened:
+                self.ledger.local_events(work, entry, happened[qid], now, out)
+            domains = remote.get(qid, {})
+            units = []
+            waits: str | None = None
+            for domain, idxs in domains.items():
+                if self.remote is None:
+                    for idx in idxs:
+                        work.settle(qid, idx, "pending", REMOTE_DISABLED, "4.3.2", None, now)
+                elif domain in crowded:
+                    # Not tried: the recipients keep their last real reply (an expiry
+                    # report quotes it); the entry says why it waits.
+                    waits = CONGESTED.format(domain=domain)
+                else:
+                    units.append(self._unit(entry, domain, idxs, polled))
+            if units:
+                # (The poll never reads an entry the window still holds: run_once.)
+                attempt.units += units
+                leased.append(qid)
+            else:
+                self.ledger.end_round(work, qid, now, out, waits)
+        work.lease(leased, now + REMOTE_LEASE)
+        return attempt
+
+    def _unit(self, entry: QueueEntry, domain: str, idxs: list[int], polled: bool) -> Unit:
+        wanted = set(idxs)
+        message = OutboundMessage(
+            queue_id=entry.id,
+            reverse_path=entry.reverse_path,
+            recipients=tuple(
+                OutboundRecipient(r.idx, r.address, r.notify, r.orcpt)
+                for r in entry.recipients if r.idx in wanted
+            ),
+            size=entry.size,
+            open_body=functools.partial(self.store.open_message, entry.id),
+            body=entry.body,
+            smtputf8=entry.smtputf8,
+            dsn_ret=entry.dsn_ret,
+            dsn_envid=entry.dsn_envid,
+        )
+        return Unit(domain, message, polled)
+
+    def _attempted(self, attempt: Attempt) -> None:
+        """On the loop, after a delivery transaction committed."""
+        self._announce(attempt.delivered, attempt.failures)
+        self._booked(attempt.ledger)
+        if attempt.units:
+            self.dispatcher.admit(attempt.units)
+
+    def _booked(self, out: Round) -> None:
+        for fields in out.log:
+            rest: dict[str, Any] = dict(fields)
+            event = str(rest.pop("event"))
+            log_event(log, event, **rest)
+        if out.reports:
+            self._fresh += out.reports   # the fast path delivers the reports
+            self._cycle()
+        if out.finished:
+            self._collect_soon()
+
+    # ----------------------------------------------------------------- remote
+
+    async def _attempt_remote(self, unit: Unit) -> None:
+        """One remote attempt, run by the dispatcher; its outcome recorded."""
+        if self.store.queue_state(unit.message.queue_id) in (None, "hold"):
+            # Deleted, bounced or held since it was read: nothing to try.  A held
+            # entry waits for ``queue release``, which makes it due.
+            self.dispatcher.done(unit)
+            return
+        assert self.remote is not None
+        started = time.monotonic()
+        try:
+            delivery = await asyncio.wait_for(
+                self.remote.deliver(unit.domain, unit.message), ATTEMPT_TIMEOUT)
+            outcomes = self._checked(unit, delivery)
+        except asyncio.CancelledError:
+            raise
+        except TimeoutError:
+            outcomes = self._all_deferred(
+                unit, f"451 4.4.1 No outcome from {unit.domain} within {ATTEMPT_TIMEOUT:.0f} s",
+                "4.4.1")
+            delivery = Delivery(outcomes)
+        except Exception as exc:  # noqa: BLE001 - our fault; the recipients wait for a retry
+            log.exception("remote delivery to %s failed for %s", unit.domain,
+                          unit.message.queue_id)
+            outcomes = self._all_deferred(
+                unit, f"451 4.3.0 Remote delivery failed here (a bug): {exc!r}", "4.3.0")
+            delivery = Delivery(outcomes)
+        self._log_remote(unit, delivery, outcomes, time.monotonic() - started)
+        await self._record(unit, outcomes)
+
+    @staticmethod
+    def _all_deferred(unit: Unit, reply: str, status: str) -> tuple[Outcome, ...]:
+        return tuple(Outcome(r.idx, "deferred", reply, status) for r in unit.message.recipients)
+
+    @staticmethod
+    def _checked(unit: Unit, delivery: Delivery) -> tuple[Outcome, ...]:
+        """One outcome per recipient of the unit: unknown ones dropped, missing ones
+        deferred (remote delivery's fault, said so in the reply)."""
+        asked = {r.idx for r in unit.message.recipients}
+        seen: dict[int, Outcome] = {}
+        for o in delivery.outcomes:
+            if o.idx in asked and o.idx not in seen and o.result in (
+                    "delivered", "relayed", "deferred", "failed"):
+                seen[o.idx] = o
+            else:
+                log.error("remote delivery gave a stray outcome for %s: %r",
+                          unit.message.queue_id, o)
+        for idx in asked - seen.keys():
+            seen[idx] = Outcome(idx, "deferred",
+                                "451 4.3.0 Remote delivery reported no outcome", "4.3.0")
+        return tuple(seen[r.idx] for r in unit.message.recipients)
+
+    async def _record(self, unit: Unit, outcomes: tuple[Outcome, ...]) -> None:
+        """Apply a unit's outcomes in one transaction, with its report and, for the
+        entry's last unit, the end of its round."""
+        last = self.dispatcher.done(unit)
+        qid = unit.message.queue_id
+
+        def job(conn: sqlite3.Connection) -> Round:
+            out = Round()
+            self.ledger.apply(SQLiteQueueWork(self.store, conn), qid, outcomes, time.time(),
+                              out, last=last)
+            return out
+
+        try:
+            out = await asyncio.wrap_future(self.store.committer.submit(job))
+        except Exception as exc:  # noqa: BLE001 - the lease runs out and the poll retries
+            log_event(log, "recording the outcome failed", queue_id=qid, domain=unit.domain,
+                      error=repr(exc), level=logging.ERROR)
+            return
+        self._booked(out)
+
+    def _log_remote(self, unit: Unit, delivery: Delivery, outcomes: tuple[Outcome, ...],
+                    seconds: float) -> None:
+        by_idx = {r.idx: r.address for r in unit.message.recipients}
+        for o in outcomes:
+            status = {"delivered": "sent", "relayed": "sent", "failed": "bounced",
+                      "deferred": "deferred"}[o.result]
+            log_event(
+                log, o.result, queue_id=unit.message.queue_id,
+                from_=f"<{unit.message.reverse_path}>", to=by_idx.get(o.idx),
+                relay=o.remote_mta, tls=delivery.tls, dsn=o.status, status=status,
+                reply=o.reply, seconds=round(seconds, 3),
+                level=logging.INFO if o.result in ("delivered", "relayed") else logging.WARNING,
+            )
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        """Wait until no commit, remote attempt or follow-up job is under way (tests,
+        tools); the fresh path's reports are delivered too."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (self._busy or self._fresh or self._intake or not self.dispatcher.idle
+               or any(not t.done() for t in self._tasks)):
+            if loop.time() > deadline:
+                raise TimeoutError("the queue manager did not settle")
+            await asyncio.sleep(0.01)
 
     # ------------------------------------------------------------------- loop
 
     def stop(self) -> None:
         self._stopping = True
         self._stop.set()
+        self._wake.set()
 
     async def run(self) -> None:
+        if not self._postmaster:
+            self.ledger.postmaster = local_postmaster(self.store, self.hostname, self.delimiters)
         self._make_active_due()
         self._server = await serve_requests(socket_path(self.store), self.handle)
         poller = asyncio.create_task(self._poll())
@@ -255,12 +533,12 @@ class QueueManager:
         poller.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await poller
+        await self.dispatcher.close()
+        for task in list(self._tasks):
+            task.cancel()
 
     def _make_active_due(self) -> None:
-        with self.store.transaction() as conn:
-            conn.execute(
-                "UPDATE queue SET next_attempt = ? WHERE state = 'active'", (time.time(),)
-            )
+        self.store.make_active_due(time.time())
 
     async def _poll(self) -> None:
         while not self._stopping:
@@ -274,7 +552,9 @@ class QueueManager:
                     await self.compact()
                 except Exception:  # noqa: BLE001 - the space waits for the next run
                     log.exception("segment compaction failed")
-            await asyncio.sleep(POLL_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
+            self._wake.clear()
 
     async def compact(self) -> CompactionReport | None:
         """One bounded run of segment compaction (``pillarbox.store.sqlite.compact``).
@@ -302,42 +582,34 @@ class QueueManager:
         return report
 
     async def run_once(self) -> int:
-        """Deliver one batch of due entries; return how many were taken."""
-        rows = self.store.reader.execute(
-            "SELECT id FROM queue WHERE state IN ('active', 'deferred') AND next_attempt <= ?"
-            " ORDER BY next_attempt LIMIT ?",
-            (time.time(), self.batch),
-        ).fetchall()
-        if rows:
-            await self.deliver([r[0] for r in rows])
-        return len(rows)
+        """Deliver one batch of due entries; return how many were taken.
+
+        At most the room left in the window: entries waiting for remote
+        attempts stay in memory until their attempts are done.
+        """
+        room = min(self.batch, self.dispatcher.room())
+        if room <= 0:
+            return 0
+        ids = [i for i in self.store.queue_due(time.time(), room)
+               if not self.dispatcher.holds(i)]
+        if ids:
+            await self.deliver(ids)
+        return len(ids)
 
     async def deliver(self, ids: list[str]) -> None:
         store = self.store
+        crowded = self.dispatcher.crowded_domains()
         try:
-            delivered, failures = await asyncio.wrap_future(
-                store.committer.submit(
-                    lambda conn: deliver_batch(SQLiteDelivery(store, conn), ids, self.delimiters)
-                )
-            )
+            attempt: Attempt = await asyncio.wrap_future(store.committer.submit(
+                lambda conn: self._deliver_job(conn, ids, polled=True, crowded=crowded)
+            ))
         except Exception as exc:  # noqa: BLE001 - transient: defer the whole batch
             log.warning("delivery batch failed, deferring %d entries: %s", len(ids), exc)
             await self._defer(ids, f"451 4.3.0 {exc}")
             return
-        self._report(delivered, failures)
-        await self._defer_waiting(failures)   # before the poll could take them again
+        self._attempted(attempt)
 
-    async def _defer_waiting(self, failures: list[Failure]) -> None:
-        """Defer the entries with a recipient that failed transiently (a full mailbox:
-        it stays pending), with the same back-off as a failed batch."""
-        waiting = {f.queue_id: f.reply for f in failures if not f.permanent}
-        by_reply: dict[str, list[str]] = {}
-        for queue_id, reply in waiting.items():
-            by_reply.setdefault(reply, []).append(queue_id)
-        for reply, ids in by_reply.items():
-            await self._defer(ids, reply)
-
-    def _report(self, delivered: list[Delivered], failures: list[Failure]) -> None:
+    def _announce(self, delivered: list[Delivered], failures: list[Failure]) -> None:
         if delivered:
             # Wake the IDLE sessions of the INBOXes that got mail, in every worker.
             try:
@@ -356,27 +628,37 @@ class QueueManager:
                 to=f.recipient, status="bounced" if f.permanent else "deferred", reply=f.reply,
                 level=logging.WARNING,
             )
-        if failures and self.store.collect_blobs():
-            self._compact_due = min(self._compact_due, time.monotonic() + COMPACT_SOON)
+        if any(f.permanent for f in failures):
+            self._collect_soon()
+
+    def _collect_soon(self) -> None:
+        """Remove the blobs of finished entries, at most once per ``COLLECT_SECONDS``
+        (``collect_blobs`` scans the blob table), off the loop."""
+        if self._collect_pending:
+            return
+        self._collect_pending = True
+
+        async def collect() -> None:
+            await asyncio.sleep(self.collect_delay)
+            self._collect_pending = False
+            try:
+                if await asyncio.to_thread(self.store.collect_blobs):
+                    self._compact_due = min(self._compact_due, time.monotonic() + COMPACT_SOON)
+            except Exception:  # noqa: BLE001 - collected next time
+                log.warning("collecting blobs failed", exc_info=True)
+
+        self._spawn(collect())
 
     async def _defer(self, ids: list[str], reply: str) -> None:
-        now = time.time()
+        """Defer whole entries after a delivery transaction failed (a transient error)."""
+        schedule = self.schedule
 
-        def job(conn):  # type: ignore[no-untyped-def]
-            for queue_id in ids:
-                row = conn.execute(
-                    "SELECT attempts, arrived FROM queue WHERE id = ?", (queue_id,)
-                ).fetchone()
-                if row is None:
-                    continue
-                attempts, arrived = row
-                delay = min(FIRST_RETRY * (2**attempts), MAX_RETRY)
-                state = "hold" if now - arrived > MAX_LIFETIME else "deferred"
-                conn.execute(
-                    "UPDATE queue SET state = ?, attempts = attempts + 1, next_attempt = ?,"
-                    " last_reply = ? WHERE id = ?",
-                    (state, now + delay, reply, queue_id),
-                )
+        def job(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            work = SQLiteQueueWork(self.store, conn)
+            for entry in work.entries(ids).values():
+                work.defer(entry.id,
+                           schedule.next_attempt(entry.attempts + 1, now, entry.arrived), reply)
 
         with contextlib.suppress(Exception):
             await asyncio.wrap_future(self.store.committer.submit(job))

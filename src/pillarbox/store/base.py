@@ -57,10 +57,15 @@ class Envelope:
 class RecipientState:
     idx: int
     address: str
-    status: str                  # pending / delivered / failed
+    status: str                  # pending / delivered / relayed / failed
     notify: str | None
     orcpt: str | None
     last_reply: str | None
+    attempts: int = 0
+    last_attempt: float | None = None
+    status_code: str | None = None   # RFC 3463 code of the last outcome
+    remote_mta: str | None = None    # who gave the last reply
+    warned: bool = False             # the delay warning went out
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +166,7 @@ class PendingEntry:
     arrived: float
     recipients: tuple[tuple[int, str], ...]    # (index, forward path), pending ones
     attempts: int = 0                          # earlier attempts (0: the first)
+    notify_success: frozenset[int] = frozenset()   # recipients with NOTIFY=SUCCESS
 
 
 class LocalDelivery(Protocol):
@@ -214,6 +220,37 @@ class LocalDelivery(Protocol):
         ...
 
     def flush(self) -> None: ...
+
+
+class QueueWork(Protocol):
+    """The store's side of the queue manager's bookkeeping, inside one transaction.
+
+    ``pillarbox.queue`` decides (retries, expiry, who hears of what); this reads
+    and writes.  A report queued with ``add_message`` commits with the outcomes
+    it reports, so a crash loses neither nor sends one twice.
+    """
+
+    def entries(self, queue_ids: list[str]) -> dict[str, QueueEntry]: ...
+
+    def settle(self, queue_id: str, idx: int, status: str, reply: str, code: str | None,
+               remote_mta: str | None, now: float) -> bool:
+        """Record a pending recipient's outcome (``pending`` again for a transient one,
+        counting the attempt); False if it was no longer pending."""
+        ...
+
+    def mark_warned(self, queue_id: str, idxs: list[int]) -> None: ...
+
+    def defer(self, queue_id: str, next_attempt: float, reply: str) -> None: ...
+
+    def lease(self, queue_ids: list[str], until: float) -> None: ...
+
+    def finish(self, queue_id: str) -> None: ...
+
+    def original(self, queue_id: str, header_only: bool) -> bytes: ...
+
+    def add_message(self, data: bytes, envelope: Envelope, next_attempt: float) -> str:
+        """Queue a new message; its id."""
+        ...
 
 
 # ------------------------------------------------------------ mail access

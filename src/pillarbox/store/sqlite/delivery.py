@@ -20,6 +20,7 @@ what the batch appends is added in memory, since nothing is flushed yet.
 from __future__ import annotations
 
 import sqlite3
+import time
 from typing import TYPE_CHECKING
 
 from pillarbox.store.base import PendingEntry, Quota
@@ -31,6 +32,14 @@ if TYPE_CHECKING:
 _CHUNK = 400   # ids per IN (...) list, below SQLite's variable limit
 
 
+def _status_code(reply: str) -> str | None:
+    """The RFC 3463 code of a reply such as ``550 5.1.1 ...``, for the DSN's Status field."""
+    parts = reply.split(None, 2)
+    if len(parts) > 1 and parts[1][:1] in "245" and parts[1].count(".") == 2:
+        return parts[1]
+    return None
+
+
 class SQLiteDelivery:
     """``LocalDelivery`` on one SQLite connection that is inside a transaction."""
 
@@ -39,11 +48,12 @@ class SQLiteDelivery:
         self._conn = conn
         self._mailboxes: dict[int, list[int]] = {}   # account -> [mailbox id, uidnext, modseq]
         self._messages: list[tuple[object, ...]] = []
-        self._settled: list[tuple[str, str, str, int]] = []
+        self._settled: list[tuple[str, str, str | None, str, int]] = []
         self._finished: list[tuple[str]] = []
         self._refs: list[tuple[int, str]] = []
         self._quotas: dict[int, Quota | None] = {}          # account -> as committed
         self._added: dict[int, list[int]] = {}              # account -> [octets, messages]
+        self._now = time.time()
 
     def directory(self) -> Directory:
         return self._store.directory(self._conn)
@@ -51,6 +61,7 @@ class SQLiteDelivery:
     def pending(self, queue_ids: list[str]) -> dict[str, PendingEntry]:
         heads: dict[str, tuple[str, int, float, int]] = {}
         recipients: dict[str, list[tuple[int, str]]] = {}
+        success: dict[str, set[int]] = {}
         for start in range(0, len(queue_ids), _CHUNK):
             chunk = queue_ids[start : start + _CHUNK]
             marks = ",".join("?" * len(chunk))
@@ -59,15 +70,18 @@ class SQLiteDelivery:
                 chunk,
             ):
                 heads[qid] = (reverse_path, size, arrived, attempts)
-            for qid, idx, address in self._conn.execute(
-                "SELECT queue_id, idx, address FROM recipients"
+            for qid, idx, address, notify in self._conn.execute(
+                "SELECT queue_id, idx, address, notify FROM recipients"
                 f" WHERE queue_id IN ({marks}) AND status = 'pending' ORDER BY queue_id, idx",
                 chunk,
             ):
                 recipients.setdefault(qid, []).append((idx, address))
+                if notify and "SUCCESS" in notify.upper():
+                    success.setdefault(qid, set()).add(idx)
         return {
             qid: PendingEntry(
-                qid, reverse_path, size, arrived, tuple(recipients.get(qid, ())), attempts
+                qid, reverse_path, size, arrived, tuple(recipients.get(qid, ())), attempts,
+                frozenset(success.get(qid, ())),
             )
             for qid, (reverse_path, size, arrived, attempts) in heads.items()
         }
@@ -90,7 +104,7 @@ class SQLiteDelivery:
         return uid
 
     def settle(self, queue_id: str, idx: int, status: str, reply: str) -> None:
-        self._settled.append((status, reply, queue_id, idx))
+        self._settled.append((status, reply, _status_code(reply), queue_id, idx))
 
     def quota(self, account_id: int) -> Quota | None:
         if account_id not in self._quotas:
@@ -132,8 +146,11 @@ class SQLiteDelivery:
             [(box[1], box[2], box[0]) for box in self._mailboxes.values()],
         )
         conn.executemany(
-            "UPDATE recipients SET status = ?, last_reply = ? WHERE queue_id = ? AND idx = ?",
-            self._settled,
+            "UPDATE recipients SET status = ?, last_reply = ?, status_code = ?,"
+            " remote_mta = NULL, attempts = attempts + 1, last_attempt = ?"
+            " WHERE queue_id = ? AND idx = ?",
+            [(status, reply, code, self._now, qid, idx)
+             for status, reply, code, qid, idx in self._settled],
         )
         conn.executemany("DELETE FROM recipients WHERE queue_id = ?", self._finished)
         conn.executemany("DELETE FROM queue WHERE id = ?", self._finished)

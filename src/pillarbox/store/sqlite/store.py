@@ -41,6 +41,7 @@ from pillarbox.store.directory import Directory
 from pillarbox.store.lock import DataDirLock
 from pillarbox.store.sqlite.groupcommit import GroupCommitter
 from pillarbox.store.sqlite.mail import MailStoreMixin
+from pillarbox.store.sqlite.queue import QueueStoreMixin
 from pillarbox.store.sqlite.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
 
 # RFC 6154 special-use mailboxes every new account gets, besides INBOX.
@@ -68,7 +69,7 @@ def is_full(exc: BaseException) -> bool:
     return False
 
 
-class SQLiteStore(MailStoreMixin):
+class SQLiteStore(MailStoreMixin, QueueStoreMixin):
     """The store of one data directory."""
 
     def __init__(self, data_dir: Path) -> None:
@@ -474,7 +475,8 @@ class SQLiteStore(MailStoreMixin):
         rcpts = tuple(
             RecipientState(*r)
             for r in conn.execute(
-                "SELECT idx, address, status, notify, orcpt, last_reply FROM recipients"
+                "SELECT idx, address, status, notify, orcpt, last_reply, attempts, last_attempt,"
+                " status_code, remote_mta, warned FROM recipients"
                 " WHERE queue_id = ? ORDER BY idx",
                 (queue_id,),
             )
