@@ -285,6 +285,37 @@ def list_mailboxes(store: SQLiteStore, address: str) -> list[MailboxInfo]:
     return store.list_mailboxes(normalize_address(address))
 
 
+# ------------------------------------------------------------------ send as
+
+
+def send_as(store: SQLiteStore, account: str, granted: str, *, remove: bool = False
+            ) -> tuple[str, str]:
+    """Grant (or with ``remove`` revoke) that ``account`` may send as ``granted``
+    (an address, or ``@domain`` for every address of a domain) on submission.
+
+    Its own address, sub-addresses and the aliases that lead to it need no
+    grant (``pillarbox.receive.senders``).  Returns the normalised names.
+    """
+    from pillarbox.store.sqlite import sendas
+
+    addr = require_user(store, account)
+    target = normalize_alias_source(granted)
+    if target == addr:
+        raise AdminError(f"{addr} may always send as itself")
+    if remove:
+        sendas.revoke(store, addr, target)
+    else:
+        sendas.grant(store, addr, target)
+    return addr, target
+
+
+def list_send_as(store: SQLiteStore, account: str) -> tuple[str, list[str]]:
+    from pillarbox.store.sqlite import sendas
+
+    addr = require_user(store, account)
+    return addr, [g for _, g in sendas.list_grants(store, addr)]
+
+
 # --------------------------------------------------------------------- aliases
 
 

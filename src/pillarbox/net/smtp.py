@@ -34,6 +34,8 @@ class SMTPListenerConfig:
     data_timeout: float
     tls_context: ssl.SSLContext | None
     limiter: ConnectionLimiter | None
+    submission: bool = False      # RFC 6409: MAIL needs AUTH, headers completed
+    implicit_tls: bool = False    # RFC 8314: TLS from the first byte (port 465)
 
 
 class SMTPProtocol(asyncio.Protocol):
@@ -53,6 +55,7 @@ class SMTPProtocol(asyncio.Protocol):
         self._last = 0.0
         self._loop = asyncio.get_running_loop()
         self._started = self._loop.time()
+        self._early: list[bytes] | None = None   # decrypted input during start_tls()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -70,11 +73,16 @@ class SMTPProtocol(asyncio.Protocol):
                 transport.close()
                 return
             self._counted = True
+        implicit = self.cfg.implicit_tls
         core = SMTPServerConnection(
-            self.ctx.hostname, self.cfg.limits, tls_available=self.cfg.tls_context is not None
+            self.ctx.hostname, self.cfg.limits,
+            tls_available=self.cfg.tls_context is not None and not implicit, tls_active=implicit,
         )
         self.core = core
-        self.session = Session(self.ctx, core, self.peer)
+        sockname = transport.get_extra_info("sockname")
+        local = (sockname[0],) if isinstance(sockname, tuple) else ()
+        self.session = Session(self.ctx, core, self.peer, submission=self.cfg.submission,
+                               local_addresses=local, tls=_tls_info(transport) if implicit else None)
         log_event(log, "connect", client=self.peer, level=logging.DEBUG)
         core.greeting()
         transport.write(core.data_to_send())
@@ -104,6 +112,11 @@ class SMTPProtocol(asyncio.Protocol):
         if core is None:
             return
         self._last = self._loop.time()
+        if self._early is not None:
+            # Decrypted by the new TLS transport before start_tls() returned:
+            # the client's first command under TLS, not injected plaintext.
+            self._early.append(data)
+            return
         core.receive_data(data)
         if not self._busy:
             self._pump()
@@ -139,11 +152,17 @@ class SMTPProtocol(asyncio.Protocol):
                 session.message_aborted(event)  # type: ignore[arg-type]
             elif kind is ev.Reset or kind is ev.Hello:
                 session.reset()
+            elif kind is ev.AuthStart or kind is ev.AuthResponse:
+                self._start_busy(self._auth(event))  # type: ignore[arg-type]
+                break
+            elif kind is ev.AuthCancelled:
+                session.auth_cancelled()
             elif kind is ev.StartTLS:
                 transport.write(core.data_to_send())
                 self._start_busy(self._start_tls())
                 return
             elif kind is ev.ProtocolViolation:
+                session.auth_cancelled()   # a broken AUTH response ends the exchange
                 log_event(
                     log, "protocol error", client=self.peer, command=event.command,  # type: ignore[union-attr]
                     reply=str(event.reply), level=logging.INFO,  # type: ignore[union-attr]
@@ -183,19 +202,27 @@ class SMTPProtocol(asyncio.Protocol):
         self.core.respond(reply)
         self._resume()
 
+    async def _auth(self, event: ev.AuthStart | ev.AuthResponse) -> None:
+        assert self.session is not None
+        await self.session.auth(event)
+        self._resume()
+
     async def _start_tls(self) -> None:
         core, transport = self.core, self.transport
         assert core is not None and transport is not None and self.session is not None
         ctx = self.cfg.tls_context
         assert ctx is not None
+        self._early = []
         try:
             new_transport = await self._loop.start_tls(
                 transport, self, ctx, server_side=True, ssl_handshake_timeout=60
             )
         except (OSError, ssl.SSLError, ConnectionError, asyncio.TimeoutError) as exc:
+            self._early = None
             log_event(log, "tls failed", client=self.peer, error=str(exc), level=logging.INFO)
             transport.abort()
             return
+        early, self._early = self._early, None
         if new_transport is None:
             return
         self.transport = new_transport  # type: ignore[assignment]
@@ -204,6 +231,9 @@ class SMTPProtocol(asyncio.Protocol):
         if cipher:
             self.session.tls = (cipher[1], cipher[0], cipher[2])
         core.tls_established()
+        self.session.tls_established()
+        for data in early or ():
+            core.receive_data(data)
         log_event(log, "tls", client=self.peer, version=cipher[1] if cipher else None,
                   cipher=cipher[0] if cipher else None, level=logging.DEBUG)
         self._resume()
@@ -231,3 +261,10 @@ class SMTPProtocol(asyncio.Protocol):
         self.transport.write(core.data_to_send())
         self.transport.close()
 
+
+
+def _tls_info(transport: asyncio.BaseTransport) -> tuple[str, str, int] | None:
+    """(version, cipher, bits) of a TLS transport, for the log and ``Received:``."""
+    ssl_object = transport.get_extra_info("ssl_object")
+    cipher = ssl_object.cipher() if ssl_object else None
+    return (cipher[1], cipher[0], cipher[2]) if cipher else None

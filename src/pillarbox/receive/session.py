@@ -15,23 +15,37 @@ has reached a limit, or would pass it with the ``SIZE=`` the client declared
 (RFC 1870 6).  Usage is remembered per worker for ``QUOTA_TTL`` seconds, so
 the check costs one query per limited account every few seconds; it is a
 courtesy at the door, and local delivery enforces the limits exactly.
+
+Submission (RFC 6409, RFC 8314) and relaying: a session may log in with
+SMTP AUTH (RFC 4954, through ``pillarbox.auth``); an authenticated user, or
+a client in ``smtp.trusted_networks``, may send to any domain, and the
+remote recipients go into the queue like local ones.  Everyone else may
+only send to local recipients (``relay``, which also refuses the routing
+tricks of open-relay tests).  An authenticated user may send only as their
+own addresses (``senders``: the envelope sender at MAIL, ``From:`` at the
+end of DATA, 550 5.7.1); on the submission ports MAIL needs a login
+(530 5.7.0, in the core) and a missing ``Date:`` or ``Message-ID:`` is
+added (``submission``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from email.utils import format_datetime
 from datetime import datetime, timezone
 
+from pillarbox.auth.sasl import Challenge
+from pillarbox.auth.service import Authenticator, AuthResult, Exchange, UnknownMechanism
 from pillarbox.deliver.recipients import Resolution, Verdict, cached, resolve
 from pillarbox.log import log_event
 from pillarbox.protocols.smtp import events as ev
 from pillarbox.protocols.smtp.address import Mailbox
 from pillarbox.protocols.smtp.params import xtext_encode
 from pillarbox.protocols.smtp.reply import (
+    AUTH_OK,
     INSUFFICIENT_STORAGE,
     LOCAL_ERROR,
     MAILBOX_FULL,
@@ -40,8 +54,12 @@ from pillarbox.protocols.smtp.reply import (
     Reply,
 )
 from pillarbox.protocols.smtp.server import SMTPServerConnection
+from pillarbox.receive.relay import Network, in_networks, literal_address, routing_trick
+from pillarbox.receive.senders import SenderCheck, not_yours
+from pillarbox.receive.submission import HeaderGate
 from pillarbox.store.base import (
     Account,
+    Credentials,
     Envelope,
     EnvelopeRecipient,
     Quota,
@@ -68,6 +86,12 @@ class ReceiverContext:
     # Makes a finished blob and its envelope durable (``Store.enqueue``
     # in-process, the queue manager's hand-over under ``serve``).
     enqueue: Callable[[str, BlobWriter, Envelope], Awaitable[None]] | None = None
+    # SMTP AUTH; None: AUTH is not offered (``sendmail -bs``, tests).
+    authenticator: Authenticator | None = None
+    # smtp.trusted_networks: clients that may relay without logging in.
+    trusted_networks: tuple[Network, ...] = ()
+    # The "send as" grants of an account (``pillarbox user send-as``).
+    send_as: Callable[[int], Collection[str]] | None = None
     _space_checked: float = 0.0
     _space_ok: bool = True
     _directory: Directory | None = None
@@ -102,6 +126,10 @@ class ReceiverContext:
         self._quotas[account_id] = (now + QUOTA_TTL, value)
         return value
 
+    @property
+    def senders(self) -> SenderCheck:
+        return SenderCheck(self.directory, self.recipient_delimiter, self.send_as)
+
     def mailbox_full(self, accounts: tuple[Account, ...], size: int | None) -> bool:
         """Whether any of ``accounts`` is at a limit, or would pass it with ``size`` octets."""
         for account in accounts:
@@ -135,18 +163,118 @@ class Transaction:
     recipients: list[tuple[Mailbox, EnvelopeRecipient]] = field(default_factory=list)
     queue_id: str = ""
     writer: BlobWriter | None = None
+    header: HeaderGate | None = None      # held for the From: check and RFC 6409 8
+
+
+RELAY_ROUTING = "Relay access denied: {why}"
 
 
 class Session:
-    """Decisions for one connection; ``tls`` describes the TLS layer once active."""
+    """Decisions for one connection; ``tls`` describes the TLS layer once active.
 
-    def __init__(self, ctx: ReceiverContext, core: SMTPServerConnection, client_address: str):
+    ``submission``: a submission port (RFC 6409: MAIL needs AUTH, headers are
+    completed).  ``local_addresses``: this server's addresses as the client
+    reached it, so that ``user@[our address]`` is local (RFC 5321 4.1.3).
+    """
+
+    def __init__(self, ctx: ReceiverContext, core: SMTPServerConnection, client_address: str,
+                 *, submission: bool = False, local_addresses: tuple[str, ...] = (),
+                 tls: tuple[str, str, int] | None = None):
         self.ctx = ctx
         self.core = core
         self.client_address = client_address
-        self.tls: tuple[str, str, int] | None = None   # version, cipher, bits
+        self.submission = submission
+        self.local_addresses = local_addresses
+        self.tls: tuple[str, str, int] | None = tls   # version, cipher, bits
         self.tx: Transaction | None = None
         self.messages = 0
+        self.account: Credentials | None = None       # after a successful AUTH
+        self.trusted = in_networks(client_address, ctx.trusted_networks)
+        self._exchange: Exchange | None = None
+        self._success: AuthResult | None = None       # SCRAM's v= sent, its empty answer due
+        self.set_auth_policy()
+
+    @property
+    def protocol(self) -> str:
+        """The name logins are logged under."""
+        return "submission" if self.submission else "smtp"
+
+    @property
+    def may_relay(self) -> bool:
+        return self.account is not None or self.trusted
+
+    # ---------------------------------------------------------------- AUTH
+
+    def set_auth_policy(self) -> None:
+        """What the core offers: AUTH only over TLS, or from loopback where allowed."""
+        core, auth = self.core, self.ctx.authenticator
+        core.auth_enabled = auth is not None
+        core.auth_required = self.submission
+        tls = self.tls is not None or core.tls_active
+        if auth is not None and auth.plaintext_allowed(tls, self.client_address):
+            core.mechanisms = tuple(auth.mechanisms(True, self.client_address))
+        else:
+            core.mechanisms = ()
+
+    def tls_established(self) -> None:
+        """STARTTLS completed: the core forgot everything (RFC 3207 4.2), so offer again."""
+        self.auth_cancelled()
+        self.account = None
+        self.set_auth_policy()
+
+    def auth_cancelled(self) -> None:
+        """The client cancelled (``*``) or broke the exchange: logged, not counted."""
+        if self._exchange is not None:
+            self._exchange.cancel()
+            self._exchange = None
+        self._success = None
+
+    async def auth(self, event: ev.AuthStart | ev.AuthResponse) -> None:
+        """One step of an AUTH exchange; answers the core with 334 or a final reply."""
+        core, auth = self.core, self.ctx.authenticator
+        assert auth is not None    # the core sends no AuthStart without it
+        if isinstance(event, ev.AuthStart):
+            self.auth_cancelled()
+            try:
+                self._exchange = auth.start(event.mechanism, client_ip=self.client_address,
+                                            protocol=self.protocol)
+            except UnknownMechanism:   # the core offers only what the authenticator has
+                core.respond(Reply(504, "5.5.4", "Unrecognized authentication type"))
+                return
+            data = event.initial
+        else:
+            if self._success is not None:
+                result, self._success = self._success, None
+                if event.data:
+                    core.respond(Reply(535, "5.7.8", "Authentication failed: expected an "
+                                                     "empty response to the server's final message"))
+                else:
+                    core.respond(self._logged_in(result))
+                return
+            data = event.data
+        exchange = self._exchange
+        if exchange is None:
+            core.respond(Reply(503, "5.5.1", "No authentication exchange in progress"))
+            return
+        step = await exchange.step(data)
+        if isinstance(step, Challenge):
+            core.challenge(step.data)
+            return
+        self._exchange = None
+        if step.ok and step.server_final is not None:
+            # RFC 4954 4 carries no additional data with 235: SCRAM's
+            # server-final message goes as a last 334, answered empty.
+            self._success = step
+            core.challenge(step.server_final)
+            return
+        core.respond(self._logged_in(step))
+
+    def _logged_in(self, result: AuthResult) -> Reply:
+        if result.ok and result.credentials is not None:
+            self.account = result.credentials
+            return AUTH_OK
+        code, status = result.smtp_reply
+        return Reply(code, status, result.text[:1].upper() + result.text[1:])
 
     # ------------------------------------------------------------ envelope
 
@@ -155,8 +283,19 @@ class Session:
             log_event(log, "refused", client=self.client_address, reason="spool full",
                       level=logging.WARNING)
             return INSUFFICIENT_STORAGE
-        self.tx = Transaction(event.reverse_path, event.params)
+        account = self.account
         sender = str(event.reverse_path) if event.reverse_path else ""
+        allowed: bool | None = True
+        if account is not None and event.reverse_path is not None:
+            allowed = self._may_send_as(account, event.reverse_path)
+        if allowed is None:
+            return LOCAL_ERROR
+        if account is not None and not allowed:
+            reply = not_yours(sender, account.address, "Sender address")
+            log_event(log, "refused", client=self.client_address, account=account.address,
+                      from_=sender, reply=str(reply))
+            return reply
+        self.tx = Transaction(event.reverse_path, event.params)
         return Reply(250, "2.1.0", f"Sender <{sender}> ok")
 
     def rcpt_to(self, event: ev.RcptTo) -> Reply:
@@ -165,9 +304,22 @@ class Session:
         path = event.forward_path
         if not path.domain:
             path = self._postmaster(path.local_part)
+        relay = self.may_relay
+        trick = None if relay else routing_trick(path, event.source_route)
+        ours = path.is_literal and self._our_literal(path.domain)
+        if ours:
+            # RFC 5321 4.1.3: a literal of our own address names this host,
+            # whose users are those of the local domains (as for <Postmaster>).
+            path = self._postmaster(path.local_part)
         resolution = self._resolve(path)
         verdict = resolution.verdict
-        if verdict is Verdict.REMOTE:
+        if ours and verdict is Verdict.REMOTE:
+            verdict = Verdict.UNKNOWN     # for this host, and no user of it
+        if trick is not None:
+            reply = Reply(RELAY_DENIED.code, RELAY_DENIED.status, RELAY_ROUTING.format(why=trick))
+        elif verdict is Verdict.REMOTE and relay:
+            return self._relay_to(tx, path, event.params)
+        elif verdict is Verdict.REMOTE:
             reply = RELAY_DENIED
         elif verdict is Verdict.UNKNOWN:
             reply = NO_SUCH_USER
@@ -186,10 +338,27 @@ class Session:
         )
         return reply
 
+    def _relay_to(self, tx: Transaction, path: Mailbox, params: object) -> Reply:
+        """An authorised client's remote recipient: queued for remote delivery."""
+        orcpt_value = getattr(params, "orcpt", None)
+        notify_value = getattr(params, "notify", None)
+        orcpt = f"{orcpt_value[0]};{xtext_encode(orcpt_value[1])}" if orcpt_value else None
+        notify = ",".join(notify_value) if notify_value else None
+        address = f"{path.local_part}@{path.ascii_domain}"
+        tx.recipients.append((path, EnvelopeRecipient(address, notify, orcpt)))
+        return Reply(250, "2.1.5", f"Recipient <{path}> ok")
+
+    def _our_literal(self, domain: str) -> bool:
+        addr = literal_address(domain)
+        return addr is not None and str(addr) in {
+            str(a) for a in (literal_address(f"[{x}]" if ":" not in x else f"[IPv6:{x}]")
+                             for x in self.local_addresses) if a is not None}
+
     def _postmaster(self, local_part: str) -> Mailbox:
         """RCPT TO:<Postmaster> (RFC 5321 4.5.1) must always be accepted: it is
         the postmaster of the server's own name if that is a local domain,
-        else of the first local domain that has one."""
+        else of the first local domain that has one.  (Also the user of an
+        address literal of ours: the first local domain that has the user.)"""
         candidates = [self.ctx.hostname] + [d[0] for d in self.ctx.store.list_domains()]
         for domain in candidates:
             mailbox = Mailbox(local_part, domain)
@@ -213,6 +382,9 @@ class Session:
         tx = self.tx
         assert tx is not None
         tx.queue_id = new_id()
+        if self.account is not None or self.submission:
+            tx.header = HeaderGate(add_missing=self.submission,
+                                   message_id=f"<{tx.queue_id}@{self.ctx.hostname}>")
         try:
             tx.writer = self.ctx.store.new_blob(tx.queue_id)
             tx.writer.write(self._received_header(tx))
@@ -223,10 +395,49 @@ class Session:
         tx = self.tx
         if tx is None or tx.writer is None:
             return
+        if tx.header is not None and tx.header.holding:
+            data = tx.header.feed(data)
+            if not data:
+                return
         try:
             tx.writer.write(data)
         except OSError as exc:
             self._spool_failed(exc)
+
+    def _header_refusal(self, tx: Transaction) -> Reply | None:
+        """At the end of DATA: the held header goes to the spool; a forged From: refuses."""
+        gate = tx.header
+        if gate is None:
+            return None
+        rest = gate.finish()
+        if rest and tx.writer is not None:
+            try:
+                tx.writer.write(rest)
+            except OSError as exc:
+                log_event(log, "spool error", client=self.client_address, error=str(exc),
+                          level=logging.ERROR)
+                return INSUFFICIENT_STORAGE if disk_full(exc) else LOCAL_ERROR
+        account = self.account
+        if account is None:
+            return None
+        if gate.too_long:
+            return Reply(550, "5.7.1", "Header section too long to check its From: field")
+        for sender in gate.senders:
+            allowed = False if isinstance(sender, str) else self._may_send_as(account, sender)
+            if allowed is None:
+                return LOCAL_ERROR
+            if not allowed:
+                return not_yours(str(sender), account.address, "From: address")
+        return None
+
+    def _may_send_as(self, account: Credentials, mailbox: Mailbox) -> bool | None:
+        """``receive.senders``; None when the store cannot answer (451: our fault)."""
+        try:
+            return self.ctx.senders.allowed(account, mailbox)
+        except Exception as exc:  # noqa: BLE001 - the store's failure must not end the session
+            log_event(log, "sender check failed", account=account.address, error=repr(exc),
+                      level=logging.ERROR)
+            return None
 
     def _spool_failed(self, exc: OSError) -> None:
         full = disk_full(exc)
@@ -241,6 +452,14 @@ class Session:
     async def message_end(self, event: ev.MessageEnd) -> Reply:
         tx, self.tx = self.tx, None
         assert tx is not None and tx.writer is not None
+        refusal = self._header_refusal(tx)
+        if refusal is not None:
+            if tx.writer is not None:
+                tx.writer.discard()
+            log_event(log, "refused", client=self.client_address,
+                      account=self.account.address if self.account else None,
+                      from_=_path_text(tx.reverse_path), reply=str(refusal))
+            return refusal
         params = tx.params
         envelope = Envelope(
             reverse_path=_path_text(tx.reverse_path),
@@ -271,6 +490,8 @@ class Session:
             log, "queued", queue_id=tx.queue_id, client=self.client_address,
             helo=self.core.helo_name, from_=f"<{envelope.reverse_path}>",
             to=",".join(r.address for r in envelope.recipients), size=tx.writer.size,
+            account=self.account.address if self.account else None,
+            added=",".join(tx.header.added) if tx.header and tx.header.added else None,
             tls=self.tls[0] if self.tls else None,
             ms=round((time.monotonic() - started) * 1000, 1), status="queued",
         )
@@ -292,6 +513,7 @@ class Session:
 
     def discard(self) -> None:
         """The connection is gone: drop what was not committed."""
+        self.auth_cancelled()
         self.reset()
 
     # ----------------------------------------------------------- Received
@@ -306,6 +528,8 @@ class Session:
             proto = "ESMTPS" if self.tls else "ESMTP"
         else:
             proto = "SMTPS" if self.tls else "SMTP"
+        if self.account is not None:
+            proto += "A"     # RFC 3848 ESMTPA / ESMTPSA, RFC 6531 UTF8SMTPA / UTF8SMTPSA
         ip = self.client_address
         literal = f"[IPv6:{ip}]" if ":" in ip else f"[{ip}]"
         helo = _sanitize(core.helo_name or "unknown")

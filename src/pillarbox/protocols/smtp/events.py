@@ -1,6 +1,7 @@
 """Events that the SMTP server core hands to the session layer.
 
-Three of them wait for a decision (``MailFrom``, ``RcptTo``, ``MessageEnd``):
+Five of them wait for a decision (``MailFrom``, ``RcptTo``, ``MessageEnd``, and
+in an AUTH exchange ``AuthStart`` and ``AuthResponse``):
 the core pauses until the session calls ``respond()`` with a reply, which keeps
 pipelined commands (RFC 2920) in order.  The others are information: the core
 has already answered, and the session only acts (opens a spool file, writes
@@ -9,7 +10,7 @@ data, starts TLS, closes).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pillarbox.protocols.smtp.address import Mailbox
 from pillarbox.protocols.smtp.params import MailParams, RcptParams
@@ -38,6 +39,7 @@ class RcptTo:
 
     forward_path: Mailbox
     params: RcptParams
+    source_route: bool = False    # the path had a source route (RFC 5321 3.6.1, ignored)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +87,27 @@ class ProtocolViolation:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthStart:
+    """AUTH with an offered mechanism (RFC 4954 4): waits for ``challenge()`` or
+    ``respond()``.  ``initial`` is the decoded initial response, None if none was sent."""
+
+    mechanism: str
+    initial: bytes | None = field(repr=False)   # may hold a password
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResponse:
+    """The client's decoded answer to a 334 challenge: waits like ``AuthStart``."""
+
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthCancelled:
+    """The client answered ``*``: the core sent 501 and the exchange is over (RFC 4954 4)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Closing:
     """The core sent its last reply (221 or 421): flush output, then close."""
 
@@ -109,5 +132,8 @@ PAUSED = _Sentinel("PAUSED")
 
 Event = (
     Hello | MailFrom | RcptTo | MessageStart | MessageData | MessageEnd | MessageAborted
-    | Reset | StartTLS | ProtocolViolation | Closing
+    | Reset | StartTLS | ProtocolViolation | Closing | AuthStart | AuthResponse | AuthCancelled
 )
+
+Decision = MailFrom | RcptTo | MessageEnd | AuthStart | AuthResponse
+"""The events that wait for the session's answer."""

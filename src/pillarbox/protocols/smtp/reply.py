@@ -99,5 +99,10 @@ LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
 MAIL_LOOP = Reply(554, "5.4.6", "Too many hops: mail loop detected (RFC 5321 6.3)")
 RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
 NO_SUCH_USER = Reply(550, "5.1.1", "No such user here")
+# SMTP AUTH (RFC 4954 4 and 6).
+AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
+AUTH_CANCELLED = Reply(501, "5.7.0", "Authentication cancelled by the client")
+AUTH_LINE_TOO_LONG = Reply(500, "5.5.6", "Authentication exchange line is too long")
+AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
 # RFC 3463 X.2.2 mailbox full; transient (RFC 5321 4.2.2), so the sender retries.
 MAILBOX_FULL = Reply(452, "4.2.2", "Mailbox full")

@@ -8,7 +8,15 @@ recipients and messages through ``respond()``.
 
 Extensions: PIPELINING (RFC 2920), SIZE (RFC 1870), 8BITMIME (RFC 6152),
 SMTPUTF8 (RFC 6531), ENHANCEDSTATUSCODES (RFC 2034), CHUNKING (RFC 3030),
-DSN (RFC 3461), STARTTLS (RFC 3207).
+DSN (RFC 3461), STARTTLS (RFC 3207), AUTH (RFC 4954).
+
+AUTH is the core's syntax and sequence only: the session layer says which
+SASL mechanisms are offered now (``mechanisms``: none until TLS, unless
+the connection may send passwords in clear), runs the exchange
+(``pillarbox.auth``) and answers each ``AuthStart`` / ``AuthResponse`` with
+``challenge()`` (334) or ``respond()`` (235, 535, 454 ...).  On the
+submission ports ``auth_required`` makes MAIL wait for a login (530 5.7.0,
+RFC 4954 6).
 
 Strict line endings close SMTP smuggling: only CRLF ends a command line, only
 ``CRLF . CRLF`` ends DATA, and a bare CR or LF anywhere makes the command or
@@ -17,6 +25,7 @@ the message refused (RFC 5321 2.3.8 and 4.1.1.4).
 
 from __future__ import annotations
 
+import binascii
 import enum
 import re
 from dataclasses import dataclass
@@ -26,6 +35,9 @@ from pillarbox.protocols.smtp.address import parse_path, split_argument
 from pillarbox.protocols.smtp.params import parse_mail_params, parse_params, parse_rcpt_params
 from pillarbox.protocols.smtp.reply import (
     ARG_SYNTAX_ERROR,
+    AUTH_CANCELLED,
+    AUTH_LINE_TOO_LONG,
+    AUTH_REQUIRED,
     BAD_SEQUENCE,
     BARE_LINE_ENDING,
     LINE_TOO_LONG,
@@ -56,6 +68,8 @@ class Limits:
     max_text_line: int = 1000
     max_errors: int = 20
     max_received_headers: int = 50
+    # RFC 4954 4: the AUTH command line and each response may be 12288 octets.
+    max_auth_line: int = 12288
 
 
 class State(enum.Enum):
@@ -69,6 +83,7 @@ class State(enum.Enum):
     BDAT = "bdat"                # reading a BDAT chunk
     BDAT_WAIT = "bdat_wait"      # between BDAT chunks, transaction open
     TLS = "tls"                  # 220 to STARTTLS sent, handshake pending
+    AUTH = "auth"                # 334 sent, reading the client's SASL response
     CLOSED = "closed"
 
 
@@ -95,6 +110,11 @@ _SEQUENCE: dict[str, tuple[frozenset[State], Reply]] = {
     "EXPN": (frozenset(_HELLOED | {S.GREETED}), BAD_SEQUENCE),
     "HELP": (frozenset(_HELLOED | {S.GREETED}), BAD_SEQUENCE),
     "STARTTLS": (frozenset({S.GREETED, S.READY}), BAD_SEQUENCE),
+    # RFC 4954 4: not during a mail transaction; EHLO first (checked below).
+    "AUTH": (
+        frozenset({S.GREETED, S.READY}),
+        Reply(503, "5.5.1", "AUTH is not allowed during a mail transaction (RFC 4954 4)"),
+    ),
 }
 
 # Transitions after a decision of the session layer, by event kind and
@@ -106,12 +126,19 @@ _AFTER_DECISION: dict[tuple[type, bool], State | None] = {
     (ev.RcptTo, False): None,
     (ev.MessageEnd, True): S.READY,
     (ev.MessageEnd, False): S.READY,
+    (ev.AuthStart, True): S.READY,
+    (ev.AuthStart, False): S.READY,
+    (ev.AuthResponse, True): S.READY,
+    (ev.AuthResponse, False): S.READY,
 }
 
 # RFC 3030 2: bdat-cmd = "BDAT" SP chunk-size [ SP end-marker ], in ASCII.
 _BDAT_ARG = re.compile(r"([0-9]{1,18})(?: +(LAST))?", re.ASCII | re.IGNORECASE)
 
-_OBSOLETE = frozenset({"SEND", "SOML", "SAML", "TURN", "ETRN", "ATRN", "AUTH"})
+_OBSOLETE = frozenset({"SEND", "SOML", "SAML", "TURN", "ETRN", "ATRN"})
+
+# RFC 4422 3.1: sasl-mech = 1*20 (UPPER-ALPHA / DIGIT / "-" / "_")
+_MECHANISM = re.compile(r"[A-Z0-9_-]{1,20}", re.ASCII)
 
 _HELP = Reply(
     214,
@@ -124,7 +151,12 @@ _HELP = Reply(
 
 
 class SMTPServerConnection:
-    """One SMTP session seen from the server side, without any I/O."""
+    """One SMTP session seen from the server side, without any I/O.
+
+    ``auth_enabled`` (AUTH exists here at all), ``mechanisms`` (offered now)
+    and ``auth_required`` (submission) are the session layer's to set, and
+    to set again after STARTTLS; ``authenticated`` is True after a 235.
+    """
 
     def __init__(
         self,
@@ -138,6 +170,10 @@ class SMTPServerConnection:
         self.limits = limits
         self.tls_available = tls_available
         self.tls_active = tls_active
+        self.auth_enabled = False
+        self.mechanisms: tuple[str, ...] = ()
+        self.auth_required = False
+        self.authenticated = False
         self.state = S.GREETED
         self.helo_name: str | None = None
         self.esmtp = False
@@ -146,7 +182,7 @@ class SMTPServerConnection:
         self.recipients = 0
         self._in = bytearray()
         self._out: list[bytes] = []
-        self._pending: ev.MailFrom | ev.RcptTo | ev.MessageEnd | None = None
+        self._pending: ev.Decision | None = None
         self._closing: ev.Closing | None = None  # 421 sent by respond(), event not yet taken
         self._skip_line = False     # discarding the rest of an over-long command line
         # Message content state, shared by DATA and BDAT.
@@ -193,7 +229,8 @@ class SMTPServerConnection:
         return self.state is S.CLOSED
 
     def respond(self, reply: Reply) -> None:
-        """Answer the pending ``MailFrom``, ``RcptTo`` or ``MessageEnd``."""
+        """Answer the pending ``MailFrom``, ``RcptTo``, ``MessageEnd``, or end an AUTH
+        exchange (``AuthStart``, ``AuthResponse``) with its final reply."""
         pending = self._pending
         if pending is None:
             raise RuntimeError("respond() without a pending event")
@@ -207,11 +244,25 @@ class SMTPServerConnection:
             self.recipients += 1
         elif reply.is_positive and isinstance(pending, ev.MailFrom):
             self.smtputf8 = pending.params.smtputf8
+        elif reply.is_positive and isinstance(pending, (ev.AuthStart, ev.AuthResponse)):
+            self.authenticated = True
         if new_state is not None:
             self.state = new_state
         self._send(reply)
         if not reply.is_positive and not isinstance(pending, ev.MessageEnd):
             self._closing = self._count_error()
+
+    def challenge(self, data: bytes) -> None:
+        """Answer ``AuthStart`` or ``AuthResponse`` with a server challenge:
+        ``334`` and the data in base64 (RFC 4954 4); the next line is the answer."""
+        pending = self._pending
+        if not isinstance(pending, (ev.AuthStart, ev.AuthResponse)):
+            raise RuntimeError("challenge() outside an AUTH exchange")
+        self._pending = None
+        if self.state is S.CLOSED:
+            return
+        self._out.append(b"334 " + binascii.b2a_base64(data, newline=False) + b"\r\n")
+        self.state = S.AUTH
 
     def abort_message(self, reply: Reply) -> None:
         """The session cannot keep this message (e.g. the disk is full): the core
@@ -225,6 +276,7 @@ class SMTPServerConnection:
         self.state = S.GREETED
         self.helo_name = None
         self.esmtp = False
+        self.authenticated = False
         self._in.clear()
         self._reset_transaction()
 
@@ -249,6 +301,8 @@ class SMTPServerConnection:
                 event = self._data_event()
             elif state is S.BDAT:
                 event = self._bdat_event()
+            elif state is S.AUTH:
+                event = self._auth_line()
             else:
                 event = self._command_event()
             if event is not None:
@@ -285,7 +339,7 @@ class SMTPServerConnection:
 
     # ---------------------------------------------------------- command lines
 
-    def _read_line(self) -> bytes | None | Reply:
+    def _read_line(self, limit: int | None = None) -> bytes | None | Reply:
         """The next command line without CRLF, None if incomplete, or an error reply.
 
         A line must end in CRLF (RFC 5321 2.3.8).  A bare LF still ends the
@@ -295,7 +349,11 @@ class SMTPServerConnection:
         """
         buf = self._in
         lf = buf.find(b"\n")
-        limit = self.limits.max_command_line
+        if limit is None:
+            limit = self.limits.max_command_line
+            # RFC 4954 4: an AUTH line with its initial response may be longer.
+            if buf[:5].upper() == b"AUTH " and self.auth_enabled:
+                limit = max(limit, self.limits.max_auth_line)
         if self._skip_line:
             if lf < 0:
                 buf.clear()
@@ -342,6 +400,8 @@ class SMTPServerConnection:
                 refusal = Reply(503, "5.5.1", "DATA not allowed after BDAT; use BDAT LAST")
             elif verb == "MAIL" and self.state in (S.MAIL, S.RCPT, S.BDAT_WAIT):
                 refusal = Reply(503, "5.5.1", "Bad sequence: nested MAIL command")
+            elif verb == "AUTH" and not self.auth_enabled:
+                refusal = NOT_IMPLEMENTED
             return self._violation(verb, refusal)
         try:
             return _HANDLERS[verb](self, arg.strip(" "))
@@ -367,6 +427,8 @@ class SMTPServerConnection:
             size = self.limits.max_message_size
             lines.append(f"SIZE {size}" if size else "SIZE")
             lines += ["8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "CHUNKING", "DSN"]
+            if self.auth_enabled and self.mechanisms:
+                lines.append("AUTH " + " ".join(self.mechanisms))
             if self.tls_available and not self.tls_active:
                 lines.append("STARTTLS")
             lines.append("HELP")
@@ -382,12 +444,16 @@ class SMTPServerConnection:
         return self._hello("HELO", arg)
 
     def _mail(self, arg: str) -> ev.Event:
+        if self.auth_required and not self.authenticated:
+            raise RemoteProtocolError(AUTH_REQUIRED)
         path_text, params_text = split_argument(arg, "FROM")
         params = parse_params(params_text) if params_text else []
         if params and not self.esmtp:
             raise RemoteProtocolError(
                 Reply(555, "5.5.4", "MAIL parameters need EHLO (RFC 5321 4.1.1.11)")
             )
+        if self.auth_enabled:
+            params = _without_auth_param(params)
         mail_params = parse_mail_params(params, max_size=self.limits.max_message_size)
         path = parse_path(path_text, reverse=True, smtputf8=mail_params.smtputf8)
         event = ev.MailFrom(path, mail_params)
@@ -410,7 +476,7 @@ class SMTPServerConnection:
             # sends the rest in another transaction: an answer, not an error.
             self._send(TOO_MANY_RECIPIENTS)
             return None
-        event = ev.RcptTo(path, rcpt_params)
+        event = ev.RcptTo(path, rcpt_params, path_text.startswith("<@"))
         self._pending = event
         return event
 
@@ -502,6 +568,57 @@ class SMTPServerConnection:
         self.state = S.TLS
         self._reset_transaction()
         return ev.StartTLS()
+
+    def _auth(self, arg: str) -> ev.Event:
+        """AUTH mechanism [initial-response] (RFC 4954 4)."""
+        if not self.auth_enabled:
+            raise RemoteProtocolError(NOT_IMPLEMENTED)
+        if self.authenticated:
+            raise RemoteProtocolError(
+                Reply(503, "5.5.1", "Already authenticated; AUTH only once (RFC 4954 4)"))
+        if not self.esmtp:
+            raise RemoteProtocolError(Reply(503, "5.5.1", "Send EHLO first"))
+        parts = arg.split(" ")
+        if not arg or len(parts) > 2:
+            raise RemoteProtocolError(Reply(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]"))
+        mechanism = parts[0].upper() if parts[0].isascii() else parts[0]
+        if _MECHANISM.fullmatch(mechanism) is None:
+            raise RemoteProtocolError(Reply(501, "5.5.4", "Invalid SASL mechanism name"))
+        if not self.mechanisms:
+            raise RemoteProtocolError(Reply(
+                538, "5.7.11", "Encryption required for authentication: use STARTTLS first"))
+        if mechanism not in self.mechanisms:
+            raise RemoteProtocolError(Reply(
+                504, "5.5.4",
+                f"Unrecognized authentication type; offered: {' '.join(self.mechanisms)}"))
+        initial: bytes | None = None
+        if len(parts) == 2:
+            # RFC 4954 4: "=" is an initial response of zero length.
+            initial = b"" if parts[1] == "=" else _base64(parts[1])
+            if initial is None:
+                raise RemoteProtocolError(BAD_BASE64)
+        event = ev.AuthStart(mechanism, initial)
+        self._pending = event
+        return event
+
+    def _auth_line(self) -> ev.Event | ev._Sentinel | None:
+        """A client response in an AUTH exchange: base64, or ``*`` to cancel (RFC 4954 4)."""
+        line = self._read_line(self.limits.max_auth_line)
+        if line is None:
+            return ev.NEED_DATA
+        self.state = S.READY
+        if isinstance(line, Reply):
+            return self._violation("AUTH", AUTH_LINE_TOO_LONG if line is LINE_TOO_LONG else line)
+        if line == b"*":
+            self._send(AUTH_CANCELLED)
+            return ev.AuthCancelled()
+        data = _base64(line.decode("latin-1"))
+        if data is None:
+            return self._violation("AUTH", BAD_BASE64)
+        self.state = S.AUTH
+        event = ev.AuthResponse(data)
+        self._pending = event
+        return event
 
     # ------------------------------------------------------------- content
 
@@ -677,6 +794,32 @@ class SMTPServerConnection:
 
 NO_VALID_RECIPIENTS = Reply(554, "5.5.1", "No valid recipients")
 
+# RFC 4954 4: a client response that is not base64 ends the exchange with 501 5.5.2.
+BAD_BASE64 = Reply(501, "5.5.2", "Cannot decode base64; authentication exchange ended")
+
+
+def _base64(text: str) -> bytes | None:
+    """Strict base64 (RFC 4648 4), or None."""
+    if not text.isascii():
+        return None
+    try:
+        return binascii.a2b_base64(text, strict_mode=True) if text else b""
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _without_auth_param(params: list[tuple[str, str | None]]) -> list[tuple[str, str | None]]:
+    """MAIL's AUTH= (RFC 4954 5) is accepted and dropped: Pillarbox trusts no
+    claim of the client about who submitted a message (it is ``AUTH=<>``)."""
+    kept = []
+    for keyword, value in params:
+        if keyword.upper() == "AUTH":
+            if not value:
+                raise RemoteProtocolError(Reply(501, "5.5.4", "AUTH= needs a value (RFC 4954 5)"))
+            continue
+        kept.append((keyword, value))
+    return kept
+
 BARE_LINE_ENDING_DATA = Reply(
     550,
     "5.6.0",
@@ -697,6 +840,7 @@ _HANDLERS = {
     "EXPN": SMTPServerConnection._expn,
     "HELP": SMTPServerConnection._help,
     "STARTTLS": SMTPServerConnection._starttls,
+    "AUTH": SMTPServerConnection._auth,
 }
 
 __all__ = ["Limits", "SMTPServerConnection", "State", "BARE_LINE_ENDING", "ARG_SYNTAX_ERROR",
