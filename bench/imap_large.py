@@ -211,7 +211,8 @@ def main() -> int:
     opts = ["-o", f"server.data_dir={data}"]
     cmd = [PILLARBOX, *opts, "-o", f"smtp.listen=127.0.0.1:{smtp_port}",
            "-o", f"imap.listen=127.0.0.1:{imap_port}", "-o", "imap.listen_tls=[]",
-           "-o", "pop3.listen=[]", "-o", "pop3.listen_tls=[]",
+           "-o", "pop3.listen=[]", "-o", "pop3.listen_tls=[]", "-o", "submission.listen=[]",
+           "-o", "submission.listen_tls=[]",
            "-o", f"server.workers={args.workers}", "-o", f"log.file={work}/log", "serve"]
     out = sys.stdout
 

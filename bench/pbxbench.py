@@ -42,13 +42,14 @@ def tree(pid: int) -> list[int]:
 
 def start_pillarbox(work: Path, *options: str) -> tuple[subprocess.Popen[bytes], int, int]:
     """``pillarbox serve`` on the development defaults with its data in ``work/data``,
-    SMTP and IMAP (STARTTLS) on free loopback ports, no IMAPS or POP3; ``options``
+    SMTP and IMAP (STARTTLS) on free loopback ports, no IMAPS, POP3 or submission; ``options``
     are more ``KEY=VALUE`` overrides.  Returns the process and the two ports once
     IMAP answers."""
     smtp, imap = free_port(), free_port()
     cmd = [PILLARBOX, "-o", f"server.data_dir={work}/data", "-o", f"smtp.listen=127.0.0.1:{smtp}",
            "-o", f"imap.listen=127.0.0.1:{imap}", "-o", "imap.listen_tls=[]",
-           "-o", "pop3.listen=[]", "-o", "pop3.listen_tls=[]", "-o", f"log.file={work}/log"]
+           "-o", "pop3.listen=[]", "-o", "pop3.listen_tls=[]", "-o", "submission.listen=[]",
+           "-o", "submission.listen_tls=[]", "-o", f"log.file={work}/log"]
     for option in options:
         cmd += ["-o", option]
     proc = subprocess.Popen(cmd + ["serve"], cwd=work, stdout=subprocess.DEVNULL,

@@ -47,6 +47,8 @@ class Server:
         self.imaps_port = free_port()
         self.pop3_port = free_port()
         self.pop3s_port = free_port()
+        self.submission_port = free_port()
+        self.submissions_port = free_port()
         self.options = {
             "server.data_dir": str(data_dir),
             "server.hostname": "mx.test",
@@ -55,7 +57,12 @@ class Server:
             "imap.listen_tls": f"127.0.0.1:{self.imaps_port}",
             "pop3.listen": f"127.0.0.1:{self.pop3_port}",
             "pop3.listen_tls": f"127.0.0.1:{self.pop3s_port}",
+            "submission.listen": f"127.0.0.1:{self.submission_port}",
+            "submission.listen_tls": f"127.0.0.1:{self.submissions_port}",
             "server.workers": "1",
+            # Mail for other domains must not ask the machine's resolver (tests
+            # talk to loopback only): a nameserver on loopback that is not there.
+            "dns.nameservers": "127.0.0.1",
             **(options or {}),
         }
         self.proc: subprocess.Popen[bytes] | None = None

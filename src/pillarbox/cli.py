@@ -7,11 +7,13 @@
     pillarbox domain add|list|remove …
     pillarbox user add|list|passwd|remove …
     pillarbox user quota ADDRESS [--storage SIZE] [--messages N]
+    pillarbox user send-as ADDRESS [GRANTED] [--remove]
     pillarbox alias add|list|remove …
-    pillarbox queue list|show|delete …
+    pillarbox queue list|show|retry|hold|release|delete|bounce|shape …
     pillarbox mailbox list USER
     pillarbox mailbox import ADDRESS PATH [--format F] [--mailbox NAME] [--dry-run]
     pillarbox mailbox export ADDRESS PATH [--format maildir|mbox] [--mailbox NAME]...
+    pillarbox sendmail [SENDMAIL OPTION]... [RECIPIENT]...   (docs/sendmail.md)
 
 The configuration is ``-c FILE``, else ``./pillarbox.toml`` if there is one,
 else the development defaults (DESIGN.md), so that the CLI run from the folder
@@ -43,9 +45,10 @@ from pathlib import Path
 from pillarbox import __version__
 from pillarbox.admin import commands
 from pillarbox.admin.commands import AdminError, InvalidName
+from pillarbox.admin.queue_cli import add_queue_commands
 from pillarbox.admin.names import unicode_domain
 from pillarbox.config import Config, ConfigError, check_config, load_config
-from pillarbox.store.base import QueueEntry, StoreError
+from pillarbox.store.base import StoreError
 from pillarbox.store.sqlite.store import SQLiteStore
 
 __all__ = ["build_parser", "main", "parse_args", "read_password", "resolve_config"]
@@ -61,6 +64,11 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None and os.path.basename(sys.argv[0]) in ("sendmail", "mailq", "newaliases"):
+        # Installed as /usr/sbin/sendmail (or mailq) by a symlink to this command.
+        from pillarbox.admin import sendmail
+
+        return sendmail.main()
     args = parse_args(argv)
     handler: Handler = args.handler
     try:
@@ -215,6 +223,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return serve(config, dev_mode=dev_mode)
 
 
+def _cmd_sendmail(args: argparse.Namespace) -> int:
+    from pillarbox.admin import sendmail
+
+    return sendmail.run(args.sendmail_args, config=args.config, overrides=args.overrides)
+
+
 def _cmd_config_check(args: argparse.Namespace) -> int:
     path = args.file or _config_path(args.config)
     if path is None:
@@ -352,6 +366,21 @@ def _cmd_user_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_user_send_as(args: argparse.Namespace) -> int:
+    with _open_store(args) as store:
+        if args.granted is None:
+            address, granted = commands.list_send_as(store, args.address)
+            print(f"{address} may send as: {', '.join(granted) if granted else '(no grants)'}")
+            return 0
+        address, target = commands.send_as(store, args.address, args.granted,
+                                           remove=args.remove)
+    if args.remove:
+        print(f"{address} may no longer send as {target}")
+    else:
+        print(f"{address} may now send as {target}")
+    return 0
+
+
 def _cmd_alias_add(args: argparse.Namespace) -> int:
     with _open_store(args) as store:
         source, added = commands.add_alias(store, args.source, args.targets)
@@ -378,82 +407,6 @@ def _cmd_alias_remove(args: argparse.Namespace) -> int:
         print(f"removed alias {what}" + (f" ({removed} targets)" if removed > 1 else ""))
         _report_dangling(store)
     return 0
-
-
-def _cmd_queue_list(args: argparse.Namespace) -> int:
-    with _open_store(args) as store:
-        entries = commands.queue_list(store)
-    if not entries:
-        print("queue is empty")
-        return 0
-    _table(
-        ("ID", "ARRIVED", "SIZE", "STATE", "SENDER", "RCPTS", "LAST REPLY"),
-        [
-            (e.id, _when(e.arrived), e.size, e.state, _path(e.reverse_path),
-             len(e.recipients), e.last_reply or "")
-            for e in entries
-        ],
-    )
-    counts: dict[str, int] = {}
-    for e in entries:
-        counts[e.state] = counts.get(e.state, 0) + 1
-    per_state = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
-    print(f"{len(entries)} {'entry' if len(entries) == 1 else 'entries'}: {per_state}")
-    return 0
-
-
-def _cmd_queue_show(args: argparse.Namespace) -> int:
-    with _open_store(args) as store:
-        entry = commands.queue_show(store, args.id)
-        blob, head = commands.message_head(store, entry.id)
-    _show_entry(entry)
-    print(f"blob:           {blob}")
-    if head is None:
-        print("  (the blob file is missing)")
-    else:
-        print("headers:")
-        for line in head:
-            print(f"  {line}")
-    return 0
-
-
-def _show_entry(e: QueueEntry) -> None:
-    def field(name: str, value: object) -> None:
-        print(f"{name + ':':<16}{value}")
-
-    field("queue id", e.id)
-    field("state", e.state)
-    field("arrived", _when(e.arrived))
-    field("attempts", e.attempts)
-    field("next attempt", _when(e.next_attempt))
-    field("last reply", e.last_reply or "-")
-    field("size", f"{e.size} bytes")
-    field("client", f"{e.client_address} (HELO {e.helo})")
-    field("reverse path", _path(e.reverse_path))
-    field("body", e.body or "-")
-    field("smtputf8", "yes" if e.smtputf8 else "no")
-    field("dsn", f"RET={e.dsn_ret or '-'} ENVID={e.dsn_envid or '-'}")
-    print(f"recipients:     {len(e.recipients)}")
-    for r in e.recipients:
-        dsn = [f"NOTIFY={r.notify}" if r.notify else "", f"ORCPT={r.orcpt}" if r.orcpt else ""]
-        line = f"  {r.idx}  {_path(r.address)}  {r.status}  {' '.join(x for x in dsn if x)}"
-        print(line.rstrip())
-        if r.last_reply:
-            print(f"       {r.last_reply}")
-
-
-def _cmd_queue_delete(args: argparse.Namespace) -> int:
-    status = 0
-    with _open_store(args) as store:
-        for ident in args.ids:
-            try:
-                deleted = commands.queue_delete(store, ident)
-            except (StoreError, AdminError) as e:
-                _error(str(e))
-                status = 1
-            else:
-                print(f"deleted {deleted}")
-    return status
 
 
 def _cmd_mailbox_list(args: argparse.Namespace) -> int:
@@ -560,6 +513,11 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     leaf(top, "serve", _cmd_serve, "run the mail server")
+    # Sendmail's own option syntax (-t -oi -fADDR …): everything after the word is its.
+    p = top.add_parser("sendmail", add_help=False, prefix_chars="\0",
+                       help="submit a message as sendmail(1) does (docs/sendmail.md)")
+    p.add_argument("sendmail_args", nargs=argparse.REMAINDER)
+    p.set_defaults(handler=_cmd_sendmail)
 
     g = group("config", "configuration files")
     p = leaf(g, "check", _cmd_config_check, "check a configuration file")
@@ -593,6 +551,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--messages", metavar="N", help="messages over all mailboxes; 0 or none: "
                    "no limit")
 
+    p = leaf(g, "send-as", _cmd_user_send_as,
+             "let an account send (submission: envelope sender and From:) as another "
+             "address; without GRANTED, list its grants")
+    p.add_argument("address", metavar="ADDRESS")
+    p.add_argument("granted", nargs="?", metavar="GRANTED",
+                   help="an address, or @domain for every address of a domain")
+    p.add_argument("--remove", action="store_true", help="revoke the grant")
+
     g = group("alias", "aliases; @domain is the domain's catch-all")
     p = leaf(g, "add", _cmd_alias_add, "deliver mail for SOURCE to local TARGETs")
     p.add_argument("source", metavar="SOURCE", help="an address, or @domain for the catch-all")
@@ -605,12 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", nargs="?", metavar="TARGET")
 
     g = group("queue", "messages accepted and not yet delivered")
-    leaf(g, "list", _cmd_queue_list, "list queue entries")
-    p = leaf(g, "show", _cmd_queue_show, "show a queue entry and its message's headers")
-    p.add_argument("id", metavar="ID")
-    p = leaf(g, "delete", _cmd_queue_delete,
-             "delete queue entries; their senders are not notified")
-    p.add_argument("ids", nargs="+", metavar="ID")
+    add_queue_commands(g, leaf)   # pillarbox.admin.queue_cli
 
     g = group("mailbox", "mailboxes of an account")
     p = leaf(g, "list", _cmd_mailbox_list, "list an account's mailboxes")

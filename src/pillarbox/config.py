@@ -409,6 +409,34 @@ class _Listen(_Kind):
         return [part.strip() for part in text.split(",") if part.strip()]
 
 
+class _Networks(_Kind):
+    """CIDR prefixes (``ipaddress.ip_network``, host bits must be zero)."""
+
+    type_doc = 'array of CIDR prefixes (`"192.0.2.0/24"`, `"2001:db8::/32"`)'
+    expected = 'an array of CIDR prefixes such as "192.0.2.0/24" or "2001:db8::/32"'
+
+    def convert(self, value: object, base: Path | None) -> tuple[Any, ...]:
+        if not isinstance(value, list):
+            raise self.reject(value)
+        networks: list[Any] = []
+        problems: list[tuple[int | None, str]] = []
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                problems.append((i, f'expected a CIDR prefix string, got {_got(item)}'))
+                continue
+            try:
+                networks.append(ipaddress.ip_network(item.strip(), strict=True))
+            except ValueError as e:
+                problems.append((i, f"{_got(item)} is not a CIDR prefix: {e}"))
+        if problems:
+            raise _Invalid(*problems)
+        return tuple(networks)
+
+    def from_text(self, text: str) -> object:
+        """A TOML array, or comma-separated prefixes: ``127.0.0.0/8,::1/128``."""
+        return _Listen().from_text(text)
+
+
 def _option(kind: _Kind, default: object, doc: str, *, default_doc: str = "") -> Any:
     """A schema entry: a dataclass field whose metadata carries its kind and description.
 
@@ -558,6 +586,43 @@ class SMTPConfig:
         True,
         "Offer STARTTLS (RFC 3207). Without it, mail arrives in clear text.",
     )
+    trusted_networks: tuple[Any, ...] = _option(
+        _Networks(),
+        [],
+        "Clients allowed to relay (send to other domains) without logging in, as CIDR "
+        'prefixes: `["192.0.2.0/24", "2001:db8::/32"]`, or on the command line '
+        "`-o smtp.trusted_networks=127.0.0.0/8`. Empty by default, so not even loopback "
+        "is trusted unless listed. Everyone else may relay only after SMTP AUTH; an "
+        "unauthenticated client outside these networks may only send to local recipients.",
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubmissionConfig:
+    """Accepting mail from the server's own users (RFC 6409 submission).
+
+    Submission is SMTP with a login first: MAIL without AUTH is answered
+    530 5.7.0. AUTH (RFC 4954) offers PLAIN, LOGIN and SCRAM-SHA-256 only under
+    TLS (or from loopback with `auth.allow_plaintext_on_loopback`). A user may
+    send only as their own addresses: their account, its sub-addresses, the
+    aliases that lead to it and the addresses granted with
+    `pillarbox user send-as`; anything else, as envelope sender or in `From:`,
+    is refused with 550 5.7.1. A missing `Date:` or `Message-ID:` is added
+    (RFC 6409 §8). The limits and time-outs are those of `[smtp]`.
+    """
+
+    listen: tuple[tuple[str, int], ...] = _option(
+        _Listen(),
+        ["127.0.0.1:2587"],
+        "Addresses for submission with STARTTLS (RFC 6409); the standard port is 587. "
+        "An empty array: none.",
+    )
+    listen_tls: tuple[tuple[str, int], ...] = _option(
+        _Listen(),
+        ["127.0.0.1:2465"],
+        "Addresses for submission over implicit TLS (RFC 8314 §3.3); the standard port "
+        "is 465. An empty array: none.",
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -585,7 +650,7 @@ class TLSConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeliveryConfig:
-    """Delivery to local mailboxes."""
+    """Delivery: to local mailboxes, and to other mail servers over SMTP."""
 
     recipient_delimiter: str = _option(
         _Str(
@@ -597,6 +662,97 @@ class DeliveryConfig:
         'Sub-addressing: each character separates a user from a detail, so with `"+"` '
         "mail to `alice+lists@example.com` is delivered to `alice@example.com`. Several "
         'characters (`"+-"`) are several separators; `""` turns sub-addressing off.',
+    )
+    # Remote delivery over SMTP (pillarbox.deliver.remote).
+    remote_port: int = _option(
+        _Int(1, 65535),
+        25,
+        "The port of other mail servers: 25 for SMTP between servers; another value is for tests.",
+    )
+    tls_default: str = _option(
+        _Choice("none", "may", "encrypt", "verify"),
+        "may",
+        'TLS towards other mail servers: `"may"` uses STARTTLS whenever offered and takes '
+        'any certificate (RFC 7435); `"encrypt"` requires TLS; `"verify"` requires TLS with '
+        'a certificate valid for the MX host name; `"none"` never uses TLS.',
+    )
+    tls_policy: str = _option(
+        _Str(
+            lambda value: all(
+                re.fullmatch(r"[A-Za-z0-9.-]+=(none|may|encrypt|verify)", item)
+                for item in value.replace(",", " ").split()
+            ),
+            "string of domain=policy",
+            'a string of "domain=policy" words, e.g. "example.com=verify other.net=encrypt"',
+        ),
+        "",
+        'TLS policy per destination domain, overriding `tls_default`: words such as '
+        '`"example.com=verify bank.example=encrypt"`.',
+    )
+    tls_ca_file: Path | None = _option(
+        _Path(optional=True, must_exist=True),
+        "",
+        'PEM file of the certificate authorities trusted by the `"verify"` policy; `""`: '
+        "the system's.",
+    )
+    relay_host: str = _option(
+        _Str(
+            lambda value: value == ""
+            or re.fullmatch(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}", value) is not None,
+            "string",
+            'a "host:port" string, or ""',
+        ),
+        "",
+        'A smarthost, `"host:port"`, that takes all outgoing mail instead of the MX '
+        'hosts (for servers whose port 25 is blocked, usually port 587 or 465). `""`: none.',
+    )
+    relay_implicit_tls: bool = _option(
+        _Bool(), False, "TLS from the first byte with the relay host (RFC 8314), as on port 465."
+    )
+    relay_tls: str = _option(
+        _Choice("none", "may", "encrypt", "verify"),
+        "encrypt",
+        "TLS policy with the relay host (values as for `tls_default`); credentials are "
+        "only ever sent under TLS.",
+    )
+    relay_username: str = _option(
+        _Str(), "", 'The SMTP AUTH user at the relay host (RFC 4954); `""`: no AUTH.'
+    )
+    relay_password_file: Path | None = _option(
+        _Path(optional=True, must_exist=True),
+        "",
+        "A file holding the relay host password on its first line.",
+    )
+    connections_per_destination: int = _option(
+        _Int(1, 1000), 20, "The most connections in use to one destination domain at once."
+    )
+    connections_total: int = _option(
+        _Int(1, 10000), 100, "The most outgoing SMTP connections in use at once."
+    )
+    connection_idle_seconds: float = _option(
+        _Duration(),
+        5.0,
+        "How long an idle connection to a destination is kept for the next message to "
+        "it (then RSET reuses it). `0`: never reused.",
+    )
+    connect_timeout: float = _option(
+        _Duration(1), 30.0, "Time to establish a TCP connection to another mail server."
+    )
+    command_timeout: float = _option(
+        _Duration(1),
+        300.0,
+        "Time for the greeting and each reply to EHLO, MAIL and RCPT (RFC 5321 §4.5.3.2).",
+    )
+    data_init_timeout: float = _option(
+        _Duration(1), 120.0, "Time for the reply to DATA (RFC 5321 §4.5.3.2.4)."
+    )
+    data_block_timeout: float = _option(
+        _Duration(1), 180.0, "Time for each block of content to be sent (RFC 5321 §4.5.3.2.5)."
+    )
+    data_end_timeout: float = _option(
+        _Duration(1),
+        600.0,
+        "Time for the reply to the end of the content (RFC 5321 §4.5.3.2.6).",
     )
 
 
@@ -614,8 +770,62 @@ class QueueConfig:
         _Int(1, 100000),
         500,
         "The most queue entries the queue manager takes into one delivery transaction. "
-        "Larger batches cost fewer commits under load; the manager never holds more than "
-        "this many entries in memory, however long the queue.",
+        "Larger batches cost fewer commits under load.",
+    )
+    retry_first: float = _option(
+        _Duration(1),
+        300,
+        "After a transient failure (a 4xx reply, no answer), the first retry comes this "
+        "long after the try; each wait after that is twice the one before (Postfix's "
+        "`minimal_backoff_time`).",
+    )
+    retry_max: float = _option(
+        _Duration(1),
+        3600,
+        "The longest wait between two tries of a deferred message (Postfix's "
+        "`maximal_backoff_time`); at least `retry_first`.",
+    )
+    lifetime: float = _option(
+        _Duration(60),
+        432000,
+        "A message not delivered this long after it arrived is returned to its sender "
+        "with a failure report (RFC 3464), quoting the last reply (Postfix's "
+        "`maximal_queue_lifetime`; RFC 5321 §4.5.4.1 asks for 4-5 days).",
+    )
+    delay_warning: float = _option(
+        _Duration(0),
+        14400,
+        "A sender whose message is still not delivered this long after it arrived gets "
+        "one delay report per recipient, unless its NOTIFY excludes DELAY (RFC 3461 "
+        "§4.1). `0`: no delay reports.",
+    )
+    active_limit: int = _option(
+        _Int(10, 10000000),
+        10000,
+        "The most deferred entries the queue manager holds in memory while they wait for, "
+        "or go through, remote delivery (Postfix's `qmgr_message_active_limit`): memory "
+        "stays bounded however long the queue. Fresh mail does not wait for this window.",
+    )
+    concurrency: int = _option(
+        _Int(1, 100000),
+        100,
+        "The most remote delivery attempts in progress at once (each is one message to "
+        "one destination domain).",
+    )
+    destination_concurrency: int = _option(
+        _Int(1, 10000),
+        20,
+        "The most remote delivery attempts in progress at once to one destination domain, "
+        "so that a slow destination never holds back mail to the others (Postfix's "
+        "`default_destination_concurrency_limit`).",
+    )
+    postmaster: str = _option(
+        _Str(lambda v: v == "" or ("@" in v and " " not in v), "address",
+             'an address such as "postmaster@example.com", or ""'),
+        "",
+        "Where a failure report goes that cannot itself be delivered (a bounce with the "
+        "null sender is never bounced). `\"\"`: the postmaster of the server's hostname "
+        "if that is a local domain, else of the first local domain that has one.",
     )
 
 
@@ -750,6 +960,66 @@ class AuthConfig:
     )
 
 
+class _Nameservers(_Kind):
+    type_doc = "array of IP address strings"
+    expected = 'an array of IP addresses, such as ["192.0.2.53", "2001:db8::53"]'
+
+    def convert(self, value: object, base: Path | None) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            raise self.reject(value)
+        servers: list[str] = []
+        problems: list[tuple[int | None, str]] = []
+        for i, item in enumerate(value):
+            try:
+                if not isinstance(item, str):
+                    raise ValueError(item)
+                servers.append(str(ipaddress.ip_address(item)))
+            except ValueError:
+                problems.append((i, f"expected an IP address, got {_got(item)}"))
+        if problems:
+            raise _Invalid(*problems)
+        return tuple(servers)
+
+    def from_text(self, text: str) -> object:
+        """A TOML array, or comma-separated addresses: ``192.0.2.53,2001:db8::53``."""
+        return _Listen().from_text(text)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DNSConfig:
+    """DNS lookups for remote delivery: MX records and the addresses of mail
+    exchangers (RFC 5321 §5.1). Answers are cached in memory for their TTL."""
+
+    nameservers: tuple[str, ...] = _option(
+        _Nameservers(),
+        [],
+        "The recursive nameservers to ask, by IP address. `[]`: those of "
+        "`/etc/resolv.conf`.",
+    )
+    timeout: float = _option(
+        _Duration(1),
+        10,
+        "How long one lookup may take, over all tries and nameservers; a lookup that "
+        "gets no answer in time defers the delivery (`451 4.4.3`).",
+    )
+    ipv6: bool = _option(
+        _Bool(),
+        True,
+        "Deliver to the IPv6 addresses (AAAA records) of mail exchangers.",
+    )
+    ipv4: bool = _option(
+        _Bool(),
+        True,
+        "Deliver to the IPv4 addresses (A records) of mail exchangers. At least one of "
+        "`ipv6` and `ipv4` must be true.",
+    )
+    prefer: str = _option(
+        _Choice("ipv6", "ipv4"),
+        "ipv6",
+        "Which addresses of a mail exchanger are tried first when it has both.",
+    )
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """The whole configuration; built by :func:`load_config`, passed to what needs it."""
@@ -757,12 +1027,14 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     log: LogConfig = field(default_factory=LogConfig)
     smtp: SMTPConfig = field(default_factory=SMTPConfig)
+    submission: SubmissionConfig = field(default_factory=SubmissionConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     imap: IMAPConfig = field(default_factory=IMAPConfig)
     pop3: POP3Config = field(default_factory=POP3Config)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    dns: DNSConfig = field(default_factory=DNSConfig)
 
     @property
     def workers_effective(self) -> int:
@@ -1075,6 +1347,10 @@ def load_config(path: Path | str | None, overrides: Mapping[str, str] = _NO_OVER
         if values.get(key) and other in values and not values[other]:
             origin = given[key][1] if key in given else default_origin
             problems.append(origin.problem(key, f"set without {other}; set both or neither"))
+    if values.get("dns.ipv6") is False and values.get("dns.ipv4") is False:
+        origin = given.get("dns.ipv4", given.get("dns.ipv6", (None, default_origin)))[1]
+        problems.append(origin.problem("dns.ipv4", "dns.ipv6 and dns.ipv4 are both false; "
+                                       "mail could go nowhere"))
     if problems:
         raise ConfigError([message for _, message in sorted(problems, key=lambda p: p[0])])
     sections = {

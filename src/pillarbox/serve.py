@@ -25,7 +25,7 @@ import socket
 import sys
 import time
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pillarbox.config import Config
@@ -225,6 +225,8 @@ class Listeners:
     imaps: list[socket.socket]
     pop3: list[socket.socket]
     pop3s: list[socket.socket]
+    submission: list[socket.socket] = field(default_factory=list)    # RFC 6409, STARTTLS
+    submissions: list[socket.socket] = field(default_factory=list)   # RFC 8314, implicit TLS
 
     @classmethod
     def bind(cls, config: Config) -> Listeners:
@@ -232,10 +234,13 @@ class Listeners:
             bind_listeners(config.smtp.listen), bind_listeners(config.imap.listen),
             bind_listeners(config.imap.listen_tls), bind_listeners(config.pop3.listen),
             bind_listeners(config.pop3.listen_tls),
+            submission=bind_listeners(config.submission.listen),
+            submissions=bind_listeners(config.submission.listen_tls),
         )
 
     def all(self) -> list[socket.socket]:
-        return [*self.smtp, *self.imap, *self.imaps, *self.pop3, *self.pop3s]
+        return [*self.smtp, *self.imap, *self.imaps, *self.pop3, *self.pop3s,
+                *self.submission, *self.submissions]
 
 
 @dataclass(slots=True)
@@ -306,17 +311,24 @@ async def _stop_event() -> asyncio.Event:
 
 
 async def _queue_main(config: Config) -> int:
+    from pillarbox.deliver.mx import MXResolver
+    from pillarbox.deliver.remote import RemoteDelivery
     from pillarbox.queue.manager import QueueManager
 
     store = SQLiteStore(config.server.data_dir)
-    manager = QueueManager(
-        store, delimiters=config.delivery.recipient_delimiter, batch=config.queue.delivery_batch
-    )
+    dns = config.dns
+    resolver = MXResolver(list(dns.nameservers) or None, timeout=dns.timeout, ipv6=dns.ipv6,
+                          ipv4=dns.ipv4, prefer="ipv4" if dns.prefer == "ipv4" else "ipv6")
+    remote = RemoteDelivery.from_config(config.delivery, resolver,
+                                        helo_name=config.server.hostname)
+    # [queue] and [delivery] of the configuration.
+    manager = QueueManager.from_config(store, config, remote=remote)
     stop = await _stop_event()
     task = asyncio.create_task(manager.run())
     await stop.wait()
     manager.stop()
     await task
+    await remote.close()
     store.close()
     return 0
 
@@ -379,6 +391,7 @@ async def _worker_main(config: Config, listeners: Listeners, limiters: Limiters)
         await loop.create_server(factory, sock=sock) for sock in listeners.smtp]
     mail_access = await _start_mail_access(config, listeners, limiters, store)
     servers += mail_access.servers
+    servers += await _start_submission(config, listeners, ctx, cfg, mail_access, store, factory)
     stop = await _stop_event()
     while not stop.is_set():
         try:
@@ -405,6 +418,37 @@ async def _worker_main(config: Config, listeners: Listeners, limiters: Limiters)
     mail_access.close()
     store.close()
     return 0
+
+
+async def _start_submission(config: Config, listeners: Listeners, ctx, cfg,  # type: ignore[no-untyped-def]
+                            mail_access: _MailAccess, store: SQLiteStore, factory
+                            ) -> list[asyncio.Server]:
+    """SMTP AUTH and relaying for every SMTP session of this worker, and the
+    submission listeners (RFC 6409 on 587 with STARTTLS, RFC 8314 on 465)."""
+    from dataclasses import replace
+
+    from pillarbox.net.smtp import SMTPProtocol
+    from pillarbox.store.sqlite.sendas import grants
+
+    ctx.authenticator = mail_access.authenticator
+    ctx.trusted_networks = config.smtp.trusted_networks
+    ctx.send_as = lambda account_id: grants(store, account_id)
+    loop = asyncio.get_running_loop()
+    tls = tls_context(config)
+    servers: list[asyncio.Server] = []
+    for socks, implicit in ((listeners.submission, False), (listeners.submissions, True)):
+        sub_cfg = replace(cfg, tls_context=tls, submission=True, implicit_tls=implicit)
+
+        def make(sub_cfg=sub_cfg) -> SMTPProtocol:  # type: ignore[no-untyped-def]
+            proto: SMTPProtocol = factory()
+            proto.cfg = sub_cfg
+            return proto
+
+        for sock in socks:
+            servers.append(await loop.create_server(
+                make, sock=sock, ssl=tls if implicit else None,
+                ssl_handshake_timeout=60 if implicit else None))
+    return servers
 
 
 @dataclass(slots=True)
@@ -504,9 +548,19 @@ def _preload() -> None:
     (a root-only pyenv) could no longer import lazily.
     """
     import concurrent.futures.thread  # noqa: F401
+    import encodings.idna  # noqa: F401
     import zlib  # noqa: F401
 
+    import dns._asyncio_backend  # noqa: F401
+    import dns.asyncresolver  # noqa: F401
+    import dns.rdata
+    import dns.rdataclass
+    import dns.rdatatype
+
     import pillarbox.access.imap.session  # noqa: F401
+    import pillarbox.deliver.mx  # noqa: F401
+    import pillarbox.deliver.remote  # noqa: F401
+    import pillarbox.queue.report  # noqa: F401
     import pillarbox.access.pop3  # noqa: F401
     import pillarbox.auth.service  # noqa: F401
     import pillarbox.net.imap  # noqa: F401
@@ -515,7 +569,11 @@ def _preload() -> None:
     import pillarbox.queue.ipc  # noqa: F401
     import pillarbox.queue.manager  # noqa: F401
     import pillarbox.receive.session  # noqa: F401
+    import pillarbox.store.sqlite.sendas  # noqa: F401
 
+    # dnspython imports the class of each record type when it first parses one.
+    for rdtype in ("MX", "A", "AAAA", "CNAME", "SOA", "NS", "PTR", "TXT"):
+        dns.rdata.get_rdata_class(dns.rdataclass.IN, dns.rdatatype.from_text(rdtype))
     try:
         import uvloop  # noqa: F401
     except ImportError:
@@ -553,12 +611,17 @@ def _announce(config: Config, listeners: Listeners, password: str | None,
 
     for sock in listeners.smtp:
         lines.append(f"  SMTP:   {where(sock)} (STARTTLS {'on' if config.smtp.starttls else 'off'})")
-    for label, socks, how in (("IMAP", listeners.imap, "STARTTLS"),
+    for label, socks, how in (("SUBMIT", listeners.submission, "STARTTLS, AUTH"),
+                              ("SUBMITS", listeners.submissions, "implicit TLS, AUTH"),
+                              ("IMAP", listeners.imap, "STARTTLS"),
                               ("IMAPS", listeners.imaps, "implicit TLS"),
                               ("POP3", listeners.pop3, "STLS"),
                               ("POP3S", listeners.pop3s, "implicit TLS")):
         for sock in socks:
             lines.append(f"  {label + ':':<7} {where(sock)} ({how})")
+    if config.smtp.trusted_networks:
+        nets = ", ".join(str(n) for n in config.smtp.trusted_networks)
+        lines.append(f"  relay without login from: {nets}")
     lines.append(f"  workers: {workers} protocol worker(s) + 1 queue manager")
     if password is not None:
         lines.append(f"  demo account: {DEV_ACCOUNT}  password: {password}")
@@ -567,6 +630,12 @@ def _announce(config: Config, listeners: Listeners, password: str | None,
             lines.append(
                 f"  try: swaks --server {host}:{port} --to {DEV_ACCOUNT} "
                 f"--from you@example.org"
+            )
+        if listeners.submission:
+            host, port = listeners.submission[0].getsockname()[:2]
+            lines.append(
+                f"  send: swaks --server {host}:{port} --tls --auth PLAIN --auth-user "
+                f"{DEV_ACCOUNT} --auth-password {password} --from {DEV_ACCOUNT} --to ..."
             )
     print("\n".join(lines), file=sys.stderr, flush=True)
 

@@ -19,8 +19,10 @@ def test_serve_without_configuration_is_a_complete_development_server(tmp_path):
     port = free_port()
     # The other development ports (IMAP 2143/2993, POP3 2110/2995) may be taken here.
     imap, imaps, pop3, pop3s = free_port(), free_port(), free_port(), free_port()
+    submit, submits = free_port(), free_port()   # and submission's 2587/2465
     options = {"smtp.listen": port, "imap.listen": imap, "imap.listen_tls": imaps,
-               "pop3.listen": pop3, "pop3.listen_tls": pop3s}
+               "pop3.listen": pop3, "pop3.listen_tls": pop3s,
+               "submission.listen": submit, "submission.listen_tls": submits}
     args = [sys.executable, "-m", "pillarbox"]
     for key, value in options.items():
         args += ["-o", f"{key}=127.0.0.1:{value}"]
@@ -48,6 +50,8 @@ def test_serve_without_configuration_is_a_complete_development_server(tmp_path):
         assert f"IMAPS:  127.0.0.1:{imaps} (implicit TLS)" in text
         assert f"POP3:   127.0.0.1:{pop3} (STLS)" in text
         assert f"POP3S:  127.0.0.1:{pop3s} (implicit TLS)" in text
+        assert f"SUBMIT: 127.0.0.1:{submit} (STARTTLS, AUTH)" in text
+        assert f"SUBMITS: 127.0.0.1:{submits} (implicit TLS, AUTH)" in text
         password = re.search(r"demo account: demo@localhost  password: (\S+)", text)
         assert password, text
         assert (tmp_path / "pillarbox-data" / "demo-password").read_text().strip() == password[1]

@@ -11,7 +11,7 @@ message in a mailbox has a UID, flags, a MODSEQ, an internal date and a size,
 and points at a shared blob.
 """
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 4
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -162,6 +162,30 @@ CREATE TABLE IF NOT EXISTS blob_cache (
     bodystructure BLOB,
     body BLOB,
     sort TEXT
+) WITHOUT ROWID;
+""",
+    3: """
+-- Sending mail (issue 7): each recipient's own account of its attempts, for
+-- retries, 'queue show' and delivery status notifications (RFC 3464 2.3).
+-- status gains 'relayed' (accepted by a next hop without DSN, RFC 3461 5.2.2).
+ALTER TABLE recipients ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE recipients ADD COLUMN last_attempt REAL;
+-- The RFC 3463 enhanced status code of the last outcome ('4.4.1', '5.1.1').
+ALTER TABLE recipients ADD COLUMN status_code TEXT;
+-- The host that gave the last reply (RFC 3464 2.3.5 Remote-MTA), if any.
+ALTER TABLE recipients ADD COLUMN remote_mta TEXT;
+-- 1 once the delay warning (Action: delayed) went out: one per recipient.
+ALTER TABLE recipients ADD COLUMN warned INTEGER NOT NULL DEFAULT 0;
+""",
+    4: """
+-- Submission (issue 7): addresses an account may send as besides its own,
+-- its sub-addresses and the aliases that lead to it ('pillarbox user
+-- send-as').  'address' is normalised (local@domain, lower case, A-labels),
+-- or '@domain' for every address of a domain.
+CREATE TABLE IF NOT EXISTS send_as (
+    account INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    address TEXT NOT NULL,
+    PRIMARY KEY (account, address)
 ) WITHOUT ROWID;
 """,
 }
