@@ -89,6 +89,7 @@ from dataclasses import dataclass
 from pillarbox.protocols.imap import commands as c
 from pillarbox.protocols.imap import responses as r
 from pillarbox.protocols.imap.parser import ParseError, parse_command, parse_head
+from pillarbox.protocols.sentinel import Sentinel
 
 __all__ = [
     "IMAPProtocolError", "IMAPServerConnection", "Limits", "NEED_DATA", "PAUSED", "State",
@@ -99,14 +100,7 @@ class IMAPProtocolError(Exception):
     """The session used the core wrongly (our fault, not the client's)."""
 
 
-class _Sentinel:
-    __slots__ = ("name",)
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return self.name
+_Sentinel = Sentinel   # the cores' one marker type (protocols/sentinel.py)
 
 
 NEED_DATA = _Sentinel("NEED_DATA")   # nothing to do until more bytes arrive

@@ -15,14 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pillarbox.protocols.pop3.replies import Reply
+from pillarbox.protocols.sentinel import Sentinel
 
 
-class _Sentinel:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return self.name
+_Sentinel = Sentinel   # the cores' one marker type (protocols/sentinel.py)
 
 
 NEED_DATA = _Sentinel("NEED_DATA")   # nothing more without more bytes

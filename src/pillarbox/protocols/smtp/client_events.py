@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from pillarbox.protocols.sentinel import Sentinel
 from pillarbox.protocols.smtp.reply import Reply
 
 __all__ = [
@@ -243,14 +244,7 @@ class ConnectionClosed:
     waiting: str | None
 
 
-class _Sentinel:
-    __slots__ = ("name",)
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return self.name
+_Sentinel = Sentinel   # the cores' one marker type (protocols/sentinel.py)
 
 
 NEED_DATA = _Sentinel("NEED_DATA")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pillarbox.protocols.sentinel import Sentinel
 from pillarbox.protocols.smtp.address import Mailbox
 from pillarbox.protocols.smtp.params import MailParams, RcptParams
 from pillarbox.protocols.smtp.reply import Reply
@@ -114,14 +115,7 @@ class Closing:
     reply: Reply
 
 
-class _Sentinel:
-    __slots__ = ("name",)
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return self.name
+_Sentinel = Sentinel   # the cores' one marker type (protocols/sentinel.py)
 
 
 NEED_DATA = _Sentinel("NEED_DATA")
