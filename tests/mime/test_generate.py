@@ -97,7 +97,9 @@ def test_dsn_structure_rfc3464_rfc6522() -> None:
     assert blocks[0] == ("Reporting-MTA: dns;mx.example.com\r\nOriginal-Envelope-Id: env-1\r\n"
                          "Arrival-Date: Fri, 2 Jan 2026 03:04:05 +0000")
     assert "Final-Recipient: rfc822;bob@example.org\r\nAction: failed\r\nStatus: 5.1.1" in blocks[1]
-    assert "Diagnostic-Code: smtp;550 5.1.1 no such user" in blocks[1]
+    # The reply's second line is a folded continuation (no header injection);
+    # unfolded, the field is the reply's lines joined by a space.
+    assert "Diagnostic-Code: smtp;550 5.1.1 no such\r\n user\r\n" in blocks[1]
     assert "Will-Retry-Until:" in blocks[2]
     # the returned header block; its blank line is the CRLF before the close delimiter
     assert root.children[2].body_bytes() == parse(HANDWRITTEN["simple"]).header_bytes()[:-2]

@@ -54,7 +54,7 @@ class RecipientStatus:
         if self.remote_mta:
             out.append(f"Remote-MTA: dns;{self.remote_mta}")
         if self.diagnostic_code:
-            out.append(f"Diagnostic-Code: smtp;{_one_line(self.diagnostic_code)}")
+            out.append(f"Diagnostic-Code: smtp;{_field_value(self.diagnostic_code)}")
         if self.last_attempt:
             out.append(f"Last-Attempt-Date: {format_date(self.last_attempt)}")
         if self.will_retry_until:
@@ -62,8 +62,14 @@ class RecipientStatus:
         return out
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split()).encode("ascii", "replace").decode("ascii")
+def _field_value(text: str) -> str:
+    """A delivery-status field value: each line of ``text`` as it is, the lines
+    after the first folded onto continuation lines (RFC 5322 §2.2.3), so that a
+    multi-line SMTP reply is quoted exactly (RFC 3464 §2.3.6) and unfolds to
+    its lines joined by spaces; control characters and non-ASCII become ``?``."""
+    lines = ["".join(ch if " " <= ch <= "~" or ch == "\t" else "?" for ch in line).strip()
+             for line in text.replace("\r", "").split("\n")]
+    return "\r\n ".join(line for line in lines if line)
 
 
 def _message_id(domain: str) -> str:
@@ -131,7 +137,7 @@ def build_dsn(
 
     per_message = [f"Reporting-MTA: dns;{reporting_mta}"]
     if envelope_id:
-        per_message.append(f"Original-Envelope-Id: {_one_line(envelope_id)}")
+        per_message.append(f"Original-Envelope-Id: {_field_value(envelope_id)}")
     if arrival_date:
         per_message.append(f"Arrival-Date: {format_date(arrival_date)}")
     status_body = "\r\n".join(per_message) + "\r\n"
