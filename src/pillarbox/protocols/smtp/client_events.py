@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 
 from pillarbox.protocols.sentinel import Sentinel
-from pillarbox.protocols.smtp.reply import Reply
+from pillarbox.protocols.smtp.reply import Reply, ReplyClass
 
 __all__ = [
     "NEED_DATA",
@@ -36,7 +36,7 @@ _ENHANCED = re.compile(r"([245])\.([0-9]{1,3})\.([0-9]{1,3})(?: |$)")
 
 
 @dataclass(frozen=True, slots=True)
-class ServerReply:
+class ServerReply(ReplyClass):
     """A reply as the server sent it: its code and the text of each line.
 
     ``lines`` hold what follows ``NNN-`` / ``NNN SP`` on each line, unchanged,
@@ -66,17 +66,6 @@ class ServerReply:
         status = self.status
         return first[len(status) + 1 :] if status else first
 
-    @property
-    def is_positive(self) -> bool:
-        return self.code < 400
-
-    @property
-    def is_transient(self) -> bool:
-        return 400 <= self.code < 500
-
-    @property
-    def is_permanent(self) -> bool:
-        return self.code >= 500
 
     def quote(self) -> str:
         """The reply exactly as sent, lines joined by ``"\\n"`` (no CRLF)."""

@@ -19,17 +19,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """One SMTP reply: ``code``, enhanced ``status`` (may be empty), and text lines."""
+class ReplyClass:
+    """What a reply's code says of the command (RFC 5321 §4.2.1): the replies
+    we send (:class:`Reply`) and those we receive (the client core's
+    ``ServerReply``) alike."""
 
+    __slots__ = ()
     code: int
-    status: str
-    text: str | tuple[str, ...]
-
-    @property
-    def lines(self) -> tuple[str, ...]:
-        return (self.text,) if isinstance(self.text, str) else self.text
 
     @property
     def is_positive(self) -> bool:
@@ -42,6 +38,20 @@ class Reply:
     @property
     def is_permanent(self) -> bool:
         return self.code >= 500
+
+
+@dataclass(frozen=True, slots=True)
+class Reply(ReplyClass):
+    """One SMTP reply: ``code``, enhanced ``status`` (may be empty), and text lines."""
+
+    code: int
+    status: str
+    text: str | tuple[str, ...]
+
+    @property
+    def lines(self) -> tuple[str, ...]:
+        return (self.text,) if isinstance(self.text, str) else self.text
+
 
     def render(self) -> bytes:
         """Render as wire bytes: ``code-`` continuation lines, ``code SP`` last line."""
