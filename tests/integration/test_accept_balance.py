@@ -23,6 +23,23 @@ def _owners(port: int) -> collections.Counter[str]:
                                for line in out.splitlines() if "pid=" in line)
 
 
+def _wait_for_both_workers(port: int) -> None:
+    """``start()`` waits for one worker's SMTP greeting; the other may not accept
+    on ``port`` yet, and then it rightly gets nothing."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        socks = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(6)]
+        for s in socks:
+            s.recv(200)
+        both = len(_owners(port)) == 2
+        for s in socks:
+            s.close()
+        time.sleep(0.5)          # the workers count the closed sessions out
+        if both:
+            return
+    raise AssertionError("the second worker never accepted")
+
+
 @pytest.mark.parametrize("service", ["imap", "pop3"])
 def test_a_burst_of_sessions_is_shared_by_the_workers(tmp_path: Path, service: str) -> None:
     data = tmp_path / "data"
@@ -30,6 +47,7 @@ def test_a_burst_of_sessions_is_shared_by_the_workers(tmp_path: Path, service: s
     server = Server(data, {"server.workers": "2"}).start()
     port = server.imap_port if service == "imap" else server.pop3_port
     try:
+        _wait_for_both_workers(port)
         for _ in range(3):
             socks = [socket.create_connection(("127.0.0.1", port), timeout=10)
                      for _ in range(20)]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pillarbox.admin.submit import EX_NOPERM, EX_TEMPFAIL, SubmitError
-from pillarbox.queue.ipc import encode, envelope_to_json, read_frame
+from pillarbox.queue.ipc import enqueue_request, read_frame
 from pillarbox.store.base import Envelope, StorageFull
 from pillarbox.store.blobs import BlobWriter, new_id, sync_file, write_new
 from pillarbox.store.sqlite.store import SQLiteStore
@@ -158,10 +158,7 @@ async def _hand_over(
     size: int, envelope: Envelope, payload: bytes | None,
 ) -> dict[str, Any] | None:
     """The manager's answer to one ``enqueue`` request; None if none came."""
-    sock.write(encode({
-        "id": 1, "op": "enqueue", "blob": queue_id, "path": str(path), "size": size,
-        "envelope": envelope_to_json(envelope), "inline": payload is not None,
-    }, payload or b""))
+    sock.write(enqueue_request(1, queue_id, path, size, envelope, payload))
     try:
         await sock.drain()
         return await asyncio.wait_for(read_frame(reader), ANSWER_TIMEOUT)

@@ -230,6 +230,8 @@ async def _converse(core: SMTPServerConnection, session: LocalSession, stdin: Bi
     try:
         while True:
             event = core.next_event()
+            if session.answer_now(event):
+                continue
             kind = type(event)
             if event is ev.NEED_DATA or event is ev.PAUSED:
                 flush()
@@ -237,20 +239,8 @@ async def _converse(core: SMTPServerConnection, session: LocalSession, stdin: Bi
                 if not data:
                     break                     # the client closed the pipe
                 core.receive_data(line_ends.feed(data))
-            elif kind is ev.MessageData:
-                session.message_data(event.data)  # type: ignore[union-attr]
-            elif kind is ev.MailFrom:
-                core.respond(session.mail_from(event))  # type: ignore[arg-type]
-            elif kind is ev.RcptTo:
-                core.respond(session.rcpt_to(event))  # type: ignore[arg-type]
-            elif kind is ev.MessageStart:
-                session.message_start()
             elif kind is ev.MessageEnd:
                 core.respond(await session.message_end(event))  # type: ignore[arg-type]
-            elif kind is ev.MessageAborted:
-                session.message_aborted(event)  # type: ignore[arg-type]
-            elif kind is ev.Reset or kind is ev.Hello:
-                session.reset()
             elif kind is ev.Closing:
                 flush()
                 break

@@ -50,17 +50,24 @@ def normalize(local: str, domain: str) -> str:
     return f"{local.lower()}@{domain.lower()}"
 
 
+def lookup_keys(local: str, domain: str, delimiters: str) -> list[str]:
+    """The keys ``local@domain`` is looked up by: itself, then without its
+    sub-address (``alice+tag`` → ``alice``; the first delimiter after the
+    first character cuts)."""
+    keys = [normalize(local, domain)]
+    if delimiters:
+        cut = min((i for i in (local.find(d) for d in delimiters) if i > 0), default=-1)
+        if cut > 0:
+            keys.append(normalize(local[:cut], domain))
+    return keys
+
+
 def resolve(directory: Directory, local: str, domain: str, delimiters: str) -> Resolution:
     """Resolve ``local@domain`` (domain in ASCII A-label form)."""
     domain = domain.lower()
     if not directory.is_local_domain(domain):
         return Resolution(Verdict.REMOTE)
-    candidates = [normalize(local, domain)]
-    if delimiters:
-        cut = min((i for i in (local.find(d) for d in delimiters) if i > 0), default=-1)
-        if cut > 0:
-            candidates.append(normalize(local[:cut], domain))
-    candidates.append(f"@{domain}")
+    candidates = [*lookup_keys(local, domain, delimiters), f"@{domain}"]
     for key in candidates:
         accounts = _expand(directory, key, 0, set())
         if accounts is not None:

@@ -134,24 +134,14 @@ class SMTPProtocol(asyncio.Protocol):
         assert core is not None and session is not None and transport is not None
         while True:
             event = core.next_event()
+            if session.answer_now(event):
+                continue
             kind = type(event)
-            if kind is ev.MessageData:
-                session.message_data(event.data)  # type: ignore[union-attr]
-            elif event is ev.NEED_DATA or event is ev.PAUSED:
+            if event is ev.NEED_DATA or event is ev.PAUSED:
                 break
-            elif kind is ev.RcptTo:
-                core.respond(session.rcpt_to(event))  # type: ignore[arg-type]
-            elif kind is ev.MailFrom:
-                core.respond(session.mail_from(event))  # type: ignore[arg-type]
-            elif kind is ev.MessageStart:
-                session.message_start()
             elif kind is ev.MessageEnd:
                 self._start_busy(self._finish_message(event))  # type: ignore[arg-type]
                 break
-            elif kind is ev.MessageAborted:
-                session.message_aborted(event)  # type: ignore[arg-type]
-            elif kind is ev.Reset or kind is ev.Hello:
-                session.reset()
             elif kind is ev.AuthStart or kind is ev.AuthResponse:
                 self._start_busy(self._auth(event))  # type: ignore[arg-type]
                 break

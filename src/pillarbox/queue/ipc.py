@@ -72,6 +72,15 @@ def envelope_from_json(obj: dict[str, Any]) -> Envelope:
     return Envelope(recipients=recipients, **obj)
 
 
+def enqueue_request(request_id: int, blob_id: str, path: Path, size: int,
+                    envelope: Envelope, payload: bytes | None = None) -> bytes:
+    """The frame that hands one message to the queue manager (workers, sendmail)."""
+    return encode({
+        "id": request_id, "op": "enqueue", "blob": blob_id, "path": str(path),
+        "size": size, "envelope": envelope_to_json(envelope), "inline": payload is not None,
+    }, payload or b"")
+
+
 class QueueClient:
     """A worker's connection to the queue manager; reconnects when it must."""
 
@@ -134,13 +143,7 @@ class QueueClient:
         request_id = self._next
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
-        writer.write(
-            encode({
-                "id": request_id, "op": "enqueue", "blob": blob_id, "path": str(path),
-                "size": size, "envelope": envelope_to_json(envelope),
-                "inline": payload is not None,
-            }, payload or b"")
-        )
+        writer.write(enqueue_request(request_id, blob_id, path, size, envelope, payload))
         answer = await asyncio.shield(future)
         if answer.get("ok"):
             return

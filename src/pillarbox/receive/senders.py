@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 
-from pillarbox.deliver.recipients import MAX_ALIAS_DEPTH, normalize
+from pillarbox.deliver.recipients import MAX_ALIAS_DEPTH, lookup_keys
 from pillarbox.protocols.smtp.address import Mailbox
 from pillarbox.protocols.smtp.reply import Reply
 from pillarbox.store.base import Credentials
@@ -54,12 +54,7 @@ class SenderCheck:
         except UnicodeError:
             return False
         own = account.address.lower()
-        candidates = [normalize(mailbox.local_part, domain)]
-        local = mailbox.local_part
-        if self._delimiters:
-            cut = min((i for i in (local.find(d) for d in self._delimiters) if i > 0), default=-1)
-            if cut > 0:
-                candidates.append(normalize(local[:cut], domain))
+        candidates = lookup_keys(mailbox.local_part, domain, self._delimiters)
         if own in candidates:
             return True
         if self._grants is not None:

@@ -278,6 +278,28 @@ class Session:
 
     # ------------------------------------------------------------ envelope
 
+    def answer_now(self, event: object) -> bool:
+        """Handle ``event`` if it is one answered at once, the same way over
+        every transport (the network adapter, ``sendmail -bs``); False for the
+        others (end of message, AUTH, STARTTLS, NEED_DATA …), which are the
+        transport's."""
+        kind = type(event)
+        if kind is ev.MessageData:
+            self.message_data(event.data)  # type: ignore[attr-defined]
+        elif kind is ev.RcptTo:
+            self.core.respond(self.rcpt_to(event))  # type: ignore[arg-type]
+        elif kind is ev.MailFrom:
+            self.core.respond(self.mail_from(event))  # type: ignore[arg-type]
+        elif kind is ev.MessageStart:
+            self.message_start()
+        elif kind is ev.MessageAborted:
+            self.message_aborted(event)  # type: ignore[arg-type]
+        elif kind is ev.Reset or kind is ev.Hello:
+            self.reset()
+        else:
+            return False
+        return True
+
     def mail_from(self, event: ev.MailFrom) -> Reply:
         if not self.ctx.spool_has_room():
             log_event(log, "refused", client=self.client_address, reason="spool full",

@@ -34,8 +34,7 @@ class Job:
     prepare: Callable[[], None] | None = None
     dirs: tuple[Path, ...] = ()
     future: concurrent.futures.Future[Any] | None = None   # settled by the thread (submit)
-    loop: asyncio.AbstractEventLoop | None = None
-    waiter: asyncio.Future[Any] | None = None     # settled on ``loop`` (submit_async)
+    waiter: asyncio.Future[Any] | None = None     # settled on its loop (submit_async)
 
 
 class GroupCommitter:
@@ -80,9 +79,8 @@ class GroupCommitter:
         future (the client went away) does not cancel the job: once handed
         in, a commit's outcome does not depend on whether anyone waits.
         """
-        loop = asyncio.get_running_loop()
-        waiter = loop.create_future()
-        self._jobs.put(Job(run, prepare, dirs, loop=loop, waiter=waiter))
+        waiter = asyncio.get_running_loop().create_future()
+        self._jobs.put(Job(run, prepare, dirs, waiter=waiter))
         return waiter
 
     def close(self) -> None:
@@ -211,8 +209,8 @@ def _settle(results: list[tuple[Job, Any, BaseException | None]]) -> None:
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any,
                                                         BaseException | None]]] = {}
     for job, value, error in results:
-        if job.waiter is not None and job.loop is not None:
-            by_loop.setdefault(job.loop, []).append((job.waiter, value, error))
+        if job.waiter is not None:
+            by_loop.setdefault(job.waiter.get_loop(), []).append((job.waiter, value, error))
         elif job.future is None:
             pass
         elif error is None:
