@@ -723,6 +723,13 @@ class DeliveryConfig:
         "",
         "A file holding the relay host password on its first line.",
     )
+    processes: int = _option(
+        _Int(-1, 256),
+        0,
+        "Delivery agent processes that speak SMTP to other mail servers, as Postfix's "
+        "smtp(8) clients do, so remote delivery uses more than the queue manager's one "
+        "core. `0`: one per CPU; `-1`: none, the queue manager delivers by itself.",
+    )
     connections_per_destination: int = _option(
         _Int(1, 1000), 20, "The most connections in use to one destination domain at once."
     )
@@ -1040,6 +1047,13 @@ class Config:
     def workers_effective(self) -> int:
         """``server.workers``, with 0 resolved to the number of CPUs."""
         return self.server.workers or os.cpu_count() or 1
+
+    @property
+    def delivery_agents(self) -> int:
+        """``delivery.processes``, with 0 resolved to the number of CPUs, -1 to none."""
+        if self.delivery.processes < 0:
+            return 0
+        return self.delivery.processes or os.cpu_count() or 1
 
 
 _SECTIONS: dict[str, type] = {f.name: f.default_factory for f in fields(Config)}  # type: ignore[misc]

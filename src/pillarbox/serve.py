@@ -45,7 +45,7 @@ SHUTDOWN_GRACE = 10.0
 
 @dataclass(slots=True)
 class Child:
-    role: str          # "worker" or "queue"
+    role: str          # "worker", "queue" or "delivery"
     index: int
     pid: int = 0
     started: float = 0.0
@@ -141,7 +141,8 @@ def serve(config: Config, *, dev_mode: bool = False) -> int:
     _drop_privileges(config.server.user, config.server.data_dir)
     _announce(config, listeners, password, workers)
 
-    children = [Child("queue", 0)] + [Child("worker", i) for i in range(workers)]
+    children = ([Child("queue", 0)] + [Child("worker", i) for i in range(workers)]
+                + [Child("delivery", i) for i in range(config.delivery_agents)])
     stopping = False
 
     class _Stop(Exception):
@@ -284,6 +285,10 @@ def _start(child: Child, config: Config, listeners: Listeners,
             for sock in listeners.all():
                 sock.close()
             code = _run(_queue_main(config))
+        elif child.role == "delivery":
+            for sock in listeners.all():
+                sock.close()
+            code = _run(_delivery_main(config))
         else:
             limiters.bind(child.index)
             code = _run(_worker_main(config, listeners, limiters))
@@ -310,17 +315,33 @@ async def _stop_event() -> asyncio.Event:
     return stop
 
 
-async def _queue_main(config: Config) -> int:
+def _remote_delivery(config: Config):  # type: ignore[no-untyped-def]
+    """Remote delivery of the ``[dns]`` and ``[delivery]`` sections."""
     from pillarbox.deliver.mx import MXResolver
     from pillarbox.deliver.remote import RemoteDelivery
-    from pillarbox.queue.manager import QueueManager
 
-    store = SQLiteStore(config.server.data_dir)
     dns = config.dns
     resolver = MXResolver(list(dns.nameservers) or None, timeout=dns.timeout, ipv6=dns.ipv6,
                           ipv4=dns.ipv4, prefer="ipv4" if dns.prefer == "ipv4" else "ipv6")
-    remote = RemoteDelivery.from_config(config.delivery, resolver,
-                                        helo_name=config.server.hostname)
+    return RemoteDelivery.from_config(config.delivery, resolver,
+                                      helo_name=config.server.hostname)
+
+
+def _agent_socket(config: Config) -> Path:
+    return config.server.data_dir / "run" / "delivery.sock"
+
+
+async def _queue_main(config: Config) -> int:
+    from pillarbox.deliver.agent import AgentPool
+    from pillarbox.queue.manager import QueueManager
+
+    store = SQLiteStore(config.server.data_dir)
+    if config.delivery_agents:
+        # Remote attempts go to the delivery agents (deliver/agent.py).
+        remote = AgentPool(_agent_socket(config))
+        await remote.start()
+    else:
+        remote = _remote_delivery(config)
     # [queue] and [delivery] of the configuration.
     manager = QueueManager.from_config(store, config, remote=remote)
     stop = await _stop_event()
@@ -328,6 +349,20 @@ async def _queue_main(config: Config) -> int:
     await stop.wait()
     manager.stop()
     await task
+    await remote.close()
+    store.close()
+    return 0
+
+
+async def _delivery_main(config: Config) -> int:
+    """A delivery agent: remote SMTP attempts handed over by the queue manager."""
+    from pillarbox.deliver.agent import DeliveryAgent
+
+    store = SQLiteStore(config.server.data_dir)
+    remote = _remote_delivery(config)
+    agent = DeliveryAgent(remote, store.open_message)
+    stop = await _stop_event()
+    await agent.run(_agent_socket(config), stop)
     await remote.close()
     store.close()
     return 0
