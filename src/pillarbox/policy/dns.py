@@ -282,6 +282,9 @@ class DNSResolver:
                                     for s in nameservers]
         resolver.lifetime = timeout
         resolver.timeout = min(2.0, timeout)  # one try at one server; then the next
+        # EDNS(0) with the DNS flag day 2020 payload: TXT answers of a few hundred
+        # octets (SPF, DKIM keys) come in one UDP answer, without a retry over TCP.
+        resolver.use_edns(0, 0, 1232)
         self._resolver = resolver
         self.nameservers = [str(ns) for ns in resolver.nameservers]
         self._cache: OrderedDict[tuple[str, str], _Cached] = OrderedDict()
