@@ -63,6 +63,11 @@ class Server:
             # Mail for other domains must not ask the machine's resolver (tests
             # talk to loopback only): a nameserver on loopback that is not there.
             "dns.nameservers": "127.0.0.1",
+            # ... so SPF and DMARC, which ask DNS of every message, would wait for
+            # it to time out.  Tests of those checks bring a DNS server of their
+            # own (tests/integration/test_origin.py).
+            "policy.spf": "off",
+            "policy.dmarc": "off",
             **(options or {}),
         }
         self.proc: subprocess.Popen[bytes] | None = None

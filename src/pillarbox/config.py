@@ -695,6 +695,28 @@ class DeliveryConfig:
         'PEM file of the certificate authorities trusted by the `"verify"` policy; `""`: '
         "the system's.",
     )
+    mta_sts: bool = _option(
+        _Bool(),
+        True,
+        "Apply the MTA-STS policies of receiving domains (RFC 8461): a domain that "
+        "publishes an `enforce` policy gets its mail only from its listed MX hosts over "
+        "TLS with a certificate valid for the MX host name, else the message is deferred, "
+        "saying why. Policies are cached in `server.data_dir` (`mta-sts.sqlite`). A domain "
+        "named in `tls_policy` is delivered by that policy instead, without MTA-STS; mail "
+        "through `relay_host` is not subject to it.",
+    )
+    mta_sts_ca_file: Path | None = _option(
+        _Path(optional=True, must_exist=True),
+        "",
+        "PEM file of the certificate authorities trusted for the HTTPS certificates of "
+        '`mta-sts.` policy hosts; `""`: the system\'s. (The MX certificates are checked '
+        "against `tls_ca_file`.)",
+    )
+    mta_sts_timeout: float = _option(
+        _Duration(1),
+        30.0,
+        "Time to fetch one MTA-STS policy over HTTPS (RFC 8461 §3.3).",
+    )
     relay_host: str = _option(
         _Str(
             lambda value: value == ""
@@ -969,7 +991,8 @@ class AuthConfig:
 
 class _Nameservers(_Kind):
     type_doc = "array of IP address strings"
-    expected = 'an array of IP addresses, such as ["192.0.2.53", "2001:db8::53"]'
+    expected = ('an array of IP addresses, such as ["192.0.2.53", "2001:db8::53"], '
+                'each with an optional port: "127.0.0.1:5353", "[::1]:5353"')
 
     def convert(self, value: object, base: Path | None) -> tuple[str, ...]:
         if not isinstance(value, list):
@@ -980,9 +1003,15 @@ class _Nameservers(_Kind):
             try:
                 if not isinstance(item, str):
                     raise ValueError(item)
-                servers.append(str(ipaddress.ip_address(item)))
+                m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:([0-9]{1,5})|([0-9.]+):([0-9]{1,5})",
+                                 item)
+                address, port = (m[1] or m[3], int(m[2] or m[4])) if m else (item, 53)
+                text = str(ipaddress.ip_address(address))
+                if not 0 < port < 65536:
+                    raise ValueError(item)
+                servers.append(text if port == 53 and not m else item)
             except ValueError:
-                problems.append((i, f"expected an IP address, got {_got(item)}"))
+                problems.append((i, f"expected an IP address or IP:port, got {_got(item)}"))
         if problems:
             raise _Invalid(*problems)
         return tuple(servers)
@@ -1028,6 +1057,135 @@ class DNSConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PolicyConfig:
+    """Who sent it: SPF, DKIM and DMARC checks of mail received on the SMTP port
+    (not of authenticated submission), recorded in one `Authentication-Results:`
+    header field (RFC 8601)."""
+
+    authserv_id: str = _option(
+        _Str(lambda value: value == "" or re.fullmatch(r"[A-Za-z0-9.-]+", value) is not None,
+             "host name", 'a host name, or ""'),
+        "",
+        "The name in our `Authentication-Results:` fields; incoming fields that claim "
+        'it are removed (RFC 8601 §5). `""`: `server.hostname`.',
+    )
+    spf: str = _option(
+        _Choice("off", "tag", "reject"),
+        "tag",
+        'SPF (RFC 7208) of the MAIL FROM (or HELO) domain: `"tag"` records the result '
+        'for DMARC and the header; `"reject"` also refuses a `fail` with '
+        '`550 5.7.23` (RFC 7372); `"off"` does not look.',
+    )
+    spf_defer_temperror: bool = _option(
+        _Bool(),
+        False,
+        "Answer `451 4.7.24` when the sender's DNS does not answer SPF lookups "
+        "(otherwise the message is accepted and the temperror recorded).",
+    )
+    dkim: bool = _option(
+        _Bool(), True, "Verify DKIM signatures (RFC 6376, RFC 8463) of incoming mail."
+    )
+    dkim_max_size: int = _option(
+        _Size(),
+        16777216,
+        "Messages larger than this are not DKIM-verified (their signatures are "
+        "recorded as `neutral`): verification reads the message whole.",
+    )
+    dmarc: str = _option(
+        _Choice("off", "monitor", "quarantine-only", "enforce"),
+        "enforce",
+        'DMARC (RFC 7489): `"enforce"` refuses mail whose author domain says reject '
+        '(`550 5.7.1` at DATA) and quarantines what it says to quarantine; '
+        '`"quarantine-only"` quarantines both; `"monitor"` only records; '
+        '`"off"` does not look.',
+    )
+    dmarc_domains: str = _option(
+        _Str(
+            lambda value: all(
+                re.fullmatch(r"[A-Za-z0-9.-]+=(monitor|quarantine-only|enforce)", item)
+                for item in value.replace(",", " ").split()
+            ),
+            "string of domain=mode",
+            'a string of "domain=mode" words, e.g. "lists.example.com=monitor"',
+        ),
+        "",
+        "DMARC per receiving domain, overriding `dmarc`: words such as "
+        '`"lists.example.com=monitor"`.',
+    )
+    public_suffix_list: Path | None = _option(
+        _Path(optional=True, must_exist=True),
+        "",
+        "The Public Suffix List (publicsuffix.org) that finds organisational domains "
+        'for DMARC; `""`: the copy shipped with Pillarbox. Point it at a file kept '
+        "current (Debian's `publicsuffix` package: "
+        "`/usr/share/publicsuffix/public_suffix_list.dat`).",
+    )
+
+
+def _is_mx_pattern(value: str) -> bool:
+    return _is_domain(value[2:] if value.startswith("*.") else value)
+
+
+class _Patterns(_Kind):
+    type_doc = 'array of host names or `"*.domain"` patterns'
+    expected = 'an array of host names or "*.domain" patterns, such as ["mx.example.com"]'
+
+    def convert(self, value: object, base: Path | None) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            raise self.reject(value)
+        problems: list[tuple[int | None, str]] = [
+            (i, f"expected a host name or *.domain pattern, got {_got(item)}")
+            for i, item in enumerate(value)
+            if not isinstance(item, str) or not _is_mx_pattern(item)]
+        if problems:
+            raise _Invalid(*problems)
+        return tuple(str(v).lower() for v in value)
+
+    def from_text(self, text: str) -> object:
+        """A TOML array, or comma-separated patterns: ``mx1.example.com,*.example.net``."""
+        return _Listen().from_text(text)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MTASTSConfig:
+    """Our own MTA-STS policy (RFC 8461), served over HTTPS for every local domain.
+
+    A request for `https://mta-sts.DOMAIN/.well-known/mta-sts.txt`, where DOMAIN
+    is a local domain, gets the policy below; anything else gets 404. The
+    certificate is that of `[tls]`, so it must also be valid for `mta-sts.DOMAIN`
+    of every local domain. Each domain must also publish the TXT record
+    `_mta-sts.DOMAIN` with the policy's id (`pillarbox dns check` shows it); the id
+    changes whenever the policy does.
+    """
+
+    listen: tuple[tuple[str, int], ...] = _option(
+        _Listen(),
+        [],
+        'Addresses for the HTTPS policy server, as `"host:port"`; on the Internet it must '
+        'be port 443 (`["0.0.0.0:443", "[::]:443"]`). An empty array: not served.',
+    )
+    mode: str = _option(
+        _Choice("enforce", "testing", "none"),
+        "testing",
+        '`"testing"`: senders report TLS failures but deliver anyway, the way to start; '
+        '`"enforce"`: senders that honour MTA-STS deliver only over TLS with a valid '
+        'certificate to the MX hosts below; `"none"`: withdraws a policy (RFC 8461 §8.3).',
+    )
+    max_age: float = _option(
+        _Duration(1),
+        604800,
+        "How long senders may cache the policy (RFC 8461 §3.2: at most 31557600 s, "
+        "a year; a larger value is served as that).",
+    )
+    mx: tuple[str, ...] = _option(
+        _Patterns(),
+        [],
+        'The MX host patterns of the policy (`"mx.example.com"`, `"*.example.net"`, '
+        "RFC 8461 §4.1). `[]`: `server.hostname` alone.",
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """The whole configuration; built by :func:`load_config`, passed to what needs it."""
 
@@ -1042,6 +1200,8 @@ class Config:
     pop3: POP3Config = field(default_factory=POP3Config)
     auth: AuthConfig = field(default_factory=AuthConfig)
     dns: DNSConfig = field(default_factory=DNSConfig)
+    mta_sts: MTASTSConfig = field(default_factory=MTASTSConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
 
     @property
     def workers_effective(self) -> int:

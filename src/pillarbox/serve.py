@@ -323,8 +323,46 @@ def _remote_delivery(config: Config):  # type: ignore[no-untyped-def]
     dns = config.dns
     resolver = MXResolver(list(dns.nameservers) or None, timeout=dns.timeout, ipv6=dns.ipv6,
                           ipv4=dns.ipv4, prefer="ipv4" if dns.prefer == "ipv4" else "ipv6")
+    from pillarbox.deliver.mta_sts import MTASTS
+    from pillarbox.policy.dns import DNSResolver
+
+    mta_sts = MTASTS.from_config(config.delivery, DNSResolver(
+        list(dns.nameservers) or None, timeout=dns.timeout), config.server.data_dir)
     return RemoteDelivery.from_config(config.delivery, resolver,
-                                      helo_name=config.server.hostname)
+                                      helo_name=config.server.hostname, mta_sts=mta_sts)
+
+
+def _origin_checks(config: Config):  # type: ignore[no-untyped-def]
+    """SPF, DKIM and DMARC of the ``[policy]`` section (receive/origin.py); None: all off."""
+    from pillarbox.policy.dkim.verify import VerifyPolicy
+    from pillarbox.policy.dmarc import DMARCCheck, Enforcement
+    from pillarbox.policy.dns import DNSResolver
+    from pillarbox.policy.psl import PublicSuffixList
+    from pillarbox.policy.spf import SPFCheck
+    from pillarbox.receive.origin import OriginChecks
+
+    policy = config.policy
+    if policy.spf == "off" and not policy.dkim and policy.dmarc == "off":
+        return None
+    resolver = DNSResolver(list(config.dns.nameservers) or None, timeout=config.dns.timeout)
+    hostname = config.server.hostname
+    spf = None
+    if policy.spf != "off":
+        spf = SPFCheck(resolver, receiver=hostname, reject_fail=policy.spf == "reject")
+    dmarc = None
+    if policy.dmarc != "off":
+        overrides = {}
+        for item in policy.dmarc_domains.replace(",", " ").split():
+            domain, _, mode = item.partition("=")
+            overrides[domain] = Enforcement(mode)
+        dmarc = DMARCCheck(resolver, PublicSuffixList.load(policy.public_suffix_list),
+                           enforcement=Enforcement(policy.dmarc), overrides=overrides)
+    return OriginChecks(
+        resolver, policy.authserv_id or hostname, spf=spf,
+        spf_defer_temperror=policy.spf_defer_temperror,
+        dkim=VerifyPolicy() if policy.dkim else None, dkim_max_size=policy.dkim_max_size,
+        dmarc=dmarc,
+    )
 
 
 def _agent_socket(config: Config) -> Path:
@@ -399,6 +437,7 @@ async def _worker_main(config: Config, listeners: Listeners, limiters: Limiters)
         recipient_delimiter=config.delivery.recipient_delimiter,
         min_free_space=config.queue.min_free_space,
         enqueue=enqueue,
+        origin=_origin_checks(config),
     )
     cfg = SMTPListenerConfig(
         limits=Limits(

@@ -730,3 +730,20 @@ def test_the_markdown_command(capsys: pytest.CaptureFixture[str], in_tmp: Path) 
     path = write(in_tmp, "[smtp]\nmax_errors = 0\n")
     assert config_module.main(["--check", str(path)]) == 1
     assert "smtp.max_errors" in capsys.readouterr().err
+
+
+def test_nameservers_may_carry_a_port(in_tmp: Path) -> None:
+    config = load_config(None, {"dns.nameservers": "127.0.0.1:5353,[::1]:5300,192.0.2.53"})
+    assert config.dns.nameservers == ("127.0.0.1:5353", "[::1]:5300", "192.0.2.53")
+    errors = errors_of("", in_tmp, overrides={"dns.nameservers": "127.0.0.1:99999,ns.example"})
+    assert len(errors) == 2 and all("dns.nameservers" in e for e in errors), errors
+    assert "127.0.0.1:99999" in errors[0] and "ns.example" in errors[1]
+
+
+def test_policy_section_defaults_and_errors(in_tmp: Path) -> None:
+    config = load_config(None)
+    assert (config.policy.spf, config.policy.dkim, config.policy.dmarc) == ("tag", True, "enforce")
+    errors = errors_of('[policy]\ndmarc = "strict"\ndmarc_domains = "a.test=off"\n', in_tmp)
+    assert any(e.endswith('pillarbox.toml:2: policy.dmarc: expected one of "off", "monitor", '
+                          '"quarantine-only", "enforce", got "strict"') for e in errors), errors
+    assert any(":3: policy.dmarc_domains:" in e and '"a.test=off"' in e for e in errors), errors

@@ -68,11 +68,14 @@ import dns.asyncresolver
 import dns.exception
 import dns.message
 import dns.name
+import dns.nameserver
 import dns.rcode
 import dns.rdatatype
 import dns.resolver
 import idna
 from dns.rdatatype import RdataType
+
+from pillarbox.policy.dns import parse_nameserver
 
 __all__ = ["MXHost", "Route", "RouteError", "MXResolver"]
 
@@ -277,13 +280,11 @@ class MXResolver:
         else:
             if not nameservers:
                 raise ValueError("nameservers is empty (None: those of /etc/resolv.conf)")
-            for server in nameservers:
-                try:
-                    ipaddress.ip_address(server)
-                except ValueError:
-                    raise ValueError(f"nameserver {server!r} is not an IP address") from None
             resolver = dns.asyncresolver.Resolver(configure=False)
-            resolver.nameservers = list(nameservers)
+            # "192.0.2.53", or with a port: "192.0.2.53:5353", "[2001:db8::53]:5353".
+            resolver.nameservers = [
+                dns.nameserver.Do53Nameserver(address, p if p != 53 else port)
+                for address, p in map(parse_nameserver, nameservers)]
         resolver.port = port
         resolver.lifetime = timeout
         resolver.timeout = min(2.0, timeout)  # one try at one server; then the next

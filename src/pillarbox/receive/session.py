@@ -30,6 +30,7 @@ added (``submission``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection
@@ -41,6 +42,8 @@ from pillarbox.auth.sasl import Challenge
 from pillarbox.auth.service import Authenticator, AuthResult, Exchange, UnknownMechanism
 from pillarbox.deliver.recipients import Resolution, Verdict, cached, resolve
 from pillarbox.log import log_event
+from pillarbox.policy.spf import SPFResult
+from pillarbox.policy.verdict import Action
 from pillarbox.protocols.smtp import events as ev
 from pillarbox.protocols.smtp.address import Mailbox
 from pillarbox.protocols.smtp.params import xtext_encode
@@ -54,6 +57,7 @@ from pillarbox.protocols.smtp.reply import (
     Reply,
 )
 from pillarbox.protocols.smtp.server import SMTPServerConnection
+from pillarbox.receive.origin import OriginChecks
 from pillarbox.receive.relay import Network, in_networks, literal_address, routing_trick
 from pillarbox.receive.senders import SenderCheck, not_yours
 from pillarbox.receive.submission import HeaderGate
@@ -92,6 +96,8 @@ class ReceiverContext:
     trusted_networks: tuple[Network, ...] = ()
     # The "send as" grants of an account (``pillarbox user send-as``).
     send_as: Callable[[int], Collection[str]] | None = None
+    # SPF, DKIM and DMARC of mail from other servers (receive/origin.py); None: off.
+    origin: OriginChecks | None = None
     _space_checked: float = 0.0
     _space_ok: bool = True
     _directory: Directory | None = None
@@ -164,6 +170,8 @@ class Transaction:
     queue_id: str = ""
     writer: BlobWriter | None = None
     header: HeaderGate | None = None      # held for the From: check and RFC 6409 8
+    spf: asyncio.Task[SPFResult] | None = None   # begun at MAIL FROM (receive/origin.py)
+    received_length: int = 0              # our Received: line, first in the spool
 
 
 RELAY_ROUTING = "Relay access denied: {why}"
@@ -318,7 +326,18 @@ class Session:
                       from_=sender, reply=str(reply))
             return reply
         self.tx = Transaction(event.reverse_path, event.params)
+        origin = self._origin
+        if origin is not None:
+            self.tx.spf = origin.start_spf(self.client_address, sender,
+                                           self.core.helo_name or "")
         return Reply(250, "2.1.0", f"Sender <{sender}> ok")
+
+    @property
+    def _origin(self) -> OriginChecks | None:
+        """The checks of who sent it, for mail from other servers (not our users')."""
+        if self.account is not None or self.submission:
+            return None
+        return self.ctx.origin
 
     def rcpt_to(self, event: ev.RcptTo) -> Reply:
         tx = self.tx
@@ -407,9 +426,14 @@ class Session:
         if self.account is not None or self.submission:
             tx.header = HeaderGate(add_missing=self.submission,
                                    message_id=f"<{tx.queue_id}@{self.ctx.hostname}>")
+        elif self.ctx.origin is not None:
+            tx.header = HeaderGate(add_missing=False, message_id="",
+                                   strip=self.ctx.origin.strip)
         try:
             tx.writer = self.ctx.store.new_blob(tx.queue_id)
-            tx.writer.write(self._received_header(tx))
+            received = self._received_header(tx)
+            tx.received_length = len(received)
+            tx.writer.write(received)
         except OSError as exc:
             self._spool_failed(exc)
 
@@ -482,6 +506,11 @@ class Session:
                       account=self.account.address if self.account else None,
                       from_=_path_text(tx.reverse_path), reply=str(refusal))
             return refusal
+        origin = self._origin
+        if origin is not None:
+            judged = await self._judge(origin, tx)
+            if judged is not None:
+                return judged
         params = tx.params
         envelope = Envelope(
             reverse_path=_path_text(tx.reverse_path),
@@ -518,6 +547,44 @@ class Session:
             ms=round((time.monotonic() - started) * 1000, 1), status="queued",
         )
         return Reply(250, "2.0.0", f"Ok: queued as {tx.queue_id}")
+
+    async def _judge(self, origin: OriginChecks, tx: Transaction) -> Reply | None:
+        """SPF, DKIM and DMARC at the end of DATA: a refusal, or None with our
+        ``Authentication-Results:`` put in front of the spooled message."""
+        assert tx.writer is not None
+        try:
+            message = tx.writer.content(tx.received_length, origin.dkim_max_size)
+            domains = {r.address.rpartition("@")[2].lower() for _, r in tx.recipients}
+            judgement = await origin.judge(tx.spf, message, domains)
+        except OSError as exc:
+            tx.writer.discard()
+            log_event(log, "spool error", client=self.client_address, error=str(exc),
+                      level=logging.ERROR)
+            return INSUFFICIENT_STORAGE if disk_full(exc) else LOCAL_ERROR
+        except Exception as exc:  # noqa: BLE001 - a bug in a check must not lose the message
+            log_event(log, "origin checks failed", client=self.client_address,
+                      error=repr(exc), level=logging.ERROR)
+            tx.writer.discard()
+            return LOCAL_ERROR
+        verdict = judgement.verdict
+        if verdict.is_final:
+            assert verdict.reply is not None
+            tx.writer.discard()
+            log_event(log, "refused", client=self.client_address, helo=self.core.helo_name,
+                      from_=_path_text(tx.reverse_path), check=verdict.check,
+                      reply=str(verdict.reply))
+            return verdict.reply
+        try:
+            tx.writer.prepend(judgement.header)
+        except OSError as exc:
+            tx.writer.discard()
+            log_event(log, "spool error", client=self.client_address, error=str(exc),
+                      level=logging.ERROR)
+            return INSUFFICIENT_STORAGE if disk_full(exc) else LOCAL_ERROR
+        if verdict.action is not Action.ACCEPT:
+            log_event(log, "origin", queue_id=tx.queue_id, check=verdict.check,
+                      action=verdict.action.value, reason=verdict.reason)
+        return None
 
     def message_aborted(self, event: ev.MessageAborted) -> None:
         tx, self.tx = self.tx, None

@@ -13,6 +13,7 @@ body streams past as before.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
 from pillarbox.mime.addresses import Mailbox as HeaderMailbox
@@ -29,8 +30,10 @@ MAX_HEADER = 1 << 20
 class HeaderGate:
     """Holds the header section of one message; ``feed()`` returns what may be spooled."""
 
-    def __init__(self, *, add_missing: bool, message_id: str) -> None:
+    def __init__(self, *, add_missing: bool, message_id: str,
+                 strip: Callable[[bytes], bytes] | None = None) -> None:
         self.add_missing = add_missing
+        self.strip = strip                  # drops fields from the header block
         self.message_id = message_id        # "<id@host>"
         self.senders: list[Mailbox | str] = []   # From: addresses; str for an unparsable one
         self.too_long = False
@@ -72,6 +75,11 @@ class HeaderGate:
         head = bytes(self._head or b"")
         self._head = None
         block, rest = head[:cut], head[cut:]
+        if self.strip is not None:
+            stripped = self.strip(block)
+            if stripped != block:
+                block = stripped
+                head = block + rest
         fields = split_fields(block)
         headers = Headers(fields)
         for f in headers.get_all("from"):

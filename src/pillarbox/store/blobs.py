@@ -108,13 +108,58 @@ class BlobWriter:
     def flush(self) -> None:
         if self._fd is None:
             self._fd = os.open(
-                self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640
+                self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640
             )
         if self._buf:
             data = b"".join(self._buf)
             self._buf.clear()
             self._buffered = 0
             _write_all(self._fd, data)
+
+    def prepend(self, data: bytes) -> None:
+        """Put ``data`` in front of what was written (a trace header known only at
+        the end of DATA, such as ``Authentication-Results:``).
+
+        A message still in the buffer costs nothing.  One already in its file
+        is copied behind ``data`` into a new file by the kernel
+        (``copy_file_range``), which then takes the blob's name; nothing was
+        acknowledged yet, so nothing depends on the old file.
+        """
+        if self._fd is None:
+            self._buf.insert(0, data)
+            self._buffered += len(data)
+            self.size += len(data)
+            return
+        self.flush()
+        tmp = self.path.with_name(self.path.name + ".pre")
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+        try:
+            _write_all(fd, data)
+            left, offset = self.size, 0
+            while left > 0:
+                n = os.copy_file_range(self._fd, fd, left, offset, None)
+                if n <= 0:
+                    raise OSError(f"short copy of {self.path}")
+                offset += n
+                left -= n
+            os.rename(tmp, self.path)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(self._fd)
+        self._fd = fd
+        self.size += len(data)
+
+    def content(self, start: int = 0, limit: int = 1 << 62) -> bytes | None:
+        """The bytes written from ``start`` on, or None when more than ``limit``
+        (a check that needs the message whole, such as DKIM's, reads it here)."""
+        if self.size - start > limit:
+            return None
+        if self._fd is None:
+            return b"".join(self._buf)[start:]
+        self.flush()
+        return os.pread(self._fd, self.size - start, start)
 
     def take_small(self) -> bytes | None:
         """The whole message if it never left the buffer (no file exists), else None."""

@@ -1,0 +1,157 @@
+"""Who sent it: SPF, DKIM and DMARC for mail received from other servers.
+
+The receiving session asks three checks of the policy layer, in the order
+their answers become possible:
+
+1. SPF (``policy/spf.py``, RFC 7208) as soon as MAIL FROM names the sender:
+   it needs only the client's address, the HELO name and the reverse path,
+   so its DNS lookups run while the client sends RCPT and DATA;
+2. DKIM (``policy/dkim``, RFC 6376) at the end of DATA, over the message as
+   received (without our ``Received:`` line);
+3. DMARC (``policy/dmarc.py``, RFC 7489) from the ``From:`` domain and the two
+   results above.
+
+The outcome is a :class:`Judgement`: the verdict that decides the reply
+(the first reject or defer of the chain; SPF rejects only when configured
+to, DKIM alone never does, DMARC rejects or quarantines by the author
+domain's policy and our enforcement), and one ``Authentication-Results:``
+field (RFC 8601) recording every result under our authserv-id.  Fields that
+claim our authserv-id are removed from incoming messages before they are
+spooled (``strip``), so a user can trust the one we add.
+
+Mail from authenticated users (submission) is not judged here: it is ours
+to sign, not to verify.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from pillarbox.log import log_event
+from pillarbox.policy.authres import AuthenticationResults, MethodResult, remove_ours
+from pillarbox.policy.dkim.verify import DKIMResult, VerifyPolicy, verify
+from pillarbox.policy.dmarc import DKIMOutcome, DMARCCheck, DMARCResult, SPFOutcome
+from pillarbox.policy.dns import Resolver
+from pillarbox.policy.spf import Result as SPFStatus
+from pillarbox.policy.spf import SPFCheck, SPFResult
+from pillarbox.policy.verdict import Action, Verdict
+
+__all__ = ["OriginChecks", "Judgement"]
+
+log = logging.getLogger("pillarbox.receive.origin")
+
+SPF_WAIT = 20.0      # seconds the end of DATA waits for SPF's lookups at most
+
+
+@dataclass(slots=True)
+class Judgement:
+    """What the checks decided of one message, and the header that records it."""
+
+    verdict: Verdict
+    header: bytes
+    spf: SPFResult | None = None
+    dkim: list[DKIMResult] = field(default_factory=list)
+    dmarc: DMARCResult | None = None
+
+    @property
+    def quarantine(self) -> bool:
+        return self.verdict.action is Action.QUARANTINE
+
+
+@dataclass
+class OriginChecks:
+    """The checks for mail from other servers, wired by ``serve`` from ``[policy]``."""
+
+    resolver: Resolver
+    authserv_id: str
+    spf: SPFCheck | None = None
+    spf_defer_temperror: bool = False
+    dkim: VerifyPolicy | None = None
+    dkim_max_size: int = 16 * 1024 * 1024
+    dmarc: DMARCCheck | None = None
+
+    def strip(self, header_block: bytes) -> bytes:
+        """The header block without fields claiming our authserv-id (RFC 8601 §5)."""
+        return remove_ours(header_block, self.authserv_id)
+
+    def start_spf(self, ip: str, mail_from: str, helo: str) -> asyncio.Task[SPFResult] | None:
+        """Begin SPF at MAIL FROM; the task is awaited at the end of DATA."""
+        if self.spf is None:
+            return None
+        return asyncio.ensure_future(self.spf.evaluate(ip, mail_from, helo))
+
+    async def judge(self, spf_task: asyncio.Task[SPFResult] | None, message: bytes | None,
+                    receiving_domains: Iterable[str]) -> Judgement:
+        """The checks' verdict for ``message`` (None: too large to read whole)."""
+        methods: list[MethodResult] = []
+        verdict = Verdict.accept("authentication")
+        spf = await self._spf_result(spf_task)
+        if spf is not None:
+            methods.append(_spf_method(spf))
+            assert self.spf is not None
+            v = self.spf.verdict(spf)
+            if v.action is Action.DEFER and not self.spf_defer_temperror:
+                v = Verdict(v.check, Action.TAG, None, v.reason)
+            if v.is_final:
+                return Judgement(v, self._header(methods), spf)
+        dkim_results: list[DKIMResult] = []
+        if self.dkim is not None:
+            if message is None:
+                methods.append(MethodResult("dkim", "neutral",
+                                            comment="message too large to verify"))
+            else:
+                dkim_results = await verify(message, self.resolver, policy=self.dkim)
+                methods += [_dkim_method(r) for r in dkim_results]
+                if not dkim_results:
+                    methods.append(MethodResult("dkim", "none"))
+        dmarc: DMARCResult | None = None
+        if self.dmarc is not None and message is not None:
+            header_block = _header_block(message)
+            dmarc, v = await self.dmarc.check(
+                header_block,
+                SPFOutcome(spf.result.value, spf.domain) if spf is not None else None,
+                [DKIMOutcome(r.result.value, r.domain, r.selector) for r in dkim_results],
+                receiving_domains,
+            )
+            methods.append(dmarc.method_result())
+            if v.action is not Action.ACCEPT:
+                verdict = v
+        return Judgement(verdict, self._header(methods), spf, dkim_results, dmarc)
+
+    async def _spf_result(self, task: asyncio.Task[SPFResult] | None) -> SPFResult | None:
+        if task is None:
+            return None
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), SPF_WAIT)
+        except TimeoutError:
+            task.cancel()
+            log_event(log, "spf took too long", seconds=SPF_WAIT, level=logging.WARNING)
+            return None
+        except Exception as exc:  # noqa: BLE001 - a bug in a check must not refuse mail
+            log_event(log, "spf failed", error=repr(exc), level=logging.ERROR)
+            return None
+
+    def _header(self, methods: list[MethodResult]) -> bytes:
+        return AuthenticationResults.of(self.authserv_id, methods).render()
+
+
+def _spf_method(spf: SPFResult) -> MethodResult:
+    if spf.identity == "helo":
+        return MethodResult.spf(spf.result.value, helo=spf.domain, comment=spf.comment())
+    mailfrom = spf.sender if spf.result is not SPFStatus.NONE or spf.sender else None
+    return MethodResult.spf(spf.result.value, mailfrom=mailfrom, comment=spf.comment())
+
+
+def _dkim_method(r: DKIMResult) -> MethodResult:
+    return MethodResult.dkim(r.result.value, r.domain or None, r.selector or None,
+                             r.header_b or None, reason=r.reason or None)
+
+
+def _header_block(message: bytes) -> bytes:
+    end = message.find(b"\r\n\r\n")
+    if message.startswith(b"\r\n"):
+        return b""
+    return message[: end + 2] if end >= 0 else message
