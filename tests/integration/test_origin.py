@@ -49,6 +49,9 @@ ZONE = [
     # monitored.test: fails, but asks only for reports.
     'txt-record=monitored.test,"v=spf1 -all"',
     'txt-record=_dmarc.monitored.test,"v=DMARC1; p=none"',
+    # doubtful.test: fails, and asks for quarantine.
+    'txt-record=doubtful.test,"v=spf1 -all"',
+    'txt-record=_dmarc.doubtful.test,"v=DMARC1; p=quarantine"',
 ]
 
 
@@ -143,6 +146,18 @@ def test_p_none_is_recorded_not_enforced(origin_server: Server) -> None:
     [raw] = origin_server.inbox("alice@example.test")
     [ours] = _results(raw)
     assert "spf=fail" in ours and "dmarc=fail" in ours
+
+
+def test_quarantine_goes_into_junk(origin_server: Server) -> None:
+    code, _ = _send(origin_server, "x@doubtful.test", _message("x@doubtful.test", "maybe"))
+    assert code == 250
+    origin_server.wait_delivered(1)
+    assert origin_server.inbox("alice@example.test") == []
+    rows = origin_server.query(
+        "SELECT b.name, b.special_use FROM messages m JOIN mailboxes b ON m.mailbox = b.id")
+    assert rows == [("Junk", "\\Junk")]
+    # The queue row said so, and nothing else changed: one copy, in Junk.
+    assert "quarantine" in origin_server.log()
 
 
 def test_submission_is_not_judged(origin_server: Server) -> None:

@@ -150,11 +150,13 @@ def deliver_batch(
             for account in accounts:
                 reached.add(account.id)
                 uid = batch.append_to_inbox(
-                    account.id, queue_id, prefix, size, now, f"{queue_id}/{idx}/{account.id}"
+                    account.id, queue_id, prefix, size, now, f"{queue_id}/{idx}/{account.id}",
+                    junk=entry.quarantine,
                 )
                 copies += 1
                 delivered.append(Delivered(
-                    queue_id, entry.reverse_path, address, account.address, "INBOX", uid,
+                    queue_id, entry.reverse_path, address, account.address,
+                    "Junk" if entry.quarantine else "INBOX", uid,
                     size, now - entry.arrived,
                 ))
             batch.settle(queue_id, idx, "delivered", DELIVERED)

@@ -172,6 +172,7 @@ class Transaction:
     header: HeaderGate | None = None      # held for the From: check and RFC 6409 8
     spf: asyncio.Task[SPFResult] | None = None   # begun at MAIL FROM (receive/origin.py)
     received_length: int = 0              # our Received: line, first in the spool
+    quarantine: bool = False              # a check said: into Junk (receive/origin.py)
 
 
 RELAY_ROUTING = "Relay access denied: {why}"
@@ -521,6 +522,7 @@ class Session:
             smtputf8=bool(getattr(params, "smtputf8", False)),
             dsn_ret=getattr(params, "ret", None),
             dsn_envid=getattr(params, "envid", None),
+            quarantine=tx.quarantine,
         )
         started = time.monotonic()
         try:
@@ -581,6 +583,7 @@ class Session:
             log_event(log, "spool error", client=self.client_address, error=str(exc),
                       level=logging.ERROR)
             return INSUFFICIENT_STORAGE if disk_full(exc) else LOCAL_ERROR
+        tx.quarantine = judgement.quarantine
         if verdict.action is not Action.ACCEPT:
             log_event(log, "origin", queue_id=tx.queue_id, check=verdict.check,
                       action=verdict.action.value, reason=verdict.reason)

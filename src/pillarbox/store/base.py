@@ -51,6 +51,7 @@ class Envelope:
     smtputf8: bool = False
     dsn_ret: str | None = None
     dsn_envid: str | None = None
+    quarantine: bool = False     # a policy check (DMARC) said: into Junk, not INBOX
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +86,7 @@ class QueueEntry:
     dsn_ret: str | None
     dsn_envid: str | None
     recipients: tuple[RecipientState, ...]
+    quarantine: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +169,7 @@ class PendingEntry:
     recipients: tuple[tuple[int, str], ...]    # (index, forward path), pending ones
     attempts: int = 0                          # earlier attempts (0: the first)
     notify_success: frozenset[int] = frozenset()   # recipients with NOTIFY=SUCCESS
+    quarantine: bool = False                   # into each account's Junk, not INBOX
 
 
 class LocalDelivery(Protocol):
@@ -185,9 +188,10 @@ class LocalDelivery(Protocol):
 
     def append_to_inbox(
         self, account_id: int, queue_id: str, prefix: bytes, size: int,
-        internal_date: float, delivery: str,
+        internal_date: float, delivery: str, *, junk: bool = False,
     ) -> int:
-        """Add a copy of the blob ``queue_id`` to the account's INBOX; return its UID.
+        """Add a copy of the blob ``queue_id`` to the account's INBOX (or, with
+        ``junk``, to its ``\\Junk`` mailbox, RFC 6154); return its UID.
 
         ``delivery`` (queue id / recipient index / account) is unique: the
         same delivery applied twice fails the transaction.

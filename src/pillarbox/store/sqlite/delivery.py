@@ -46,7 +46,8 @@ class SQLiteDelivery:
     def __init__(self, store: SQLiteStore, conn: sqlite3.Connection) -> None:
         self._store = store
         self._conn = conn
-        self._mailboxes: dict[int, list[int]] = {}   # account -> [mailbox id, uidnext, modseq]
+        # (account, junk) -> [mailbox id, uidnext, modseq]
+        self._mailboxes: dict[tuple[int, bool], list[int]] = {}
         self._messages: list[tuple[object, ...]] = []
         self._settled: list[tuple[str, str, str | None, str, int]] = []
         self._finished: list[tuple[str]] = []
@@ -59,17 +60,17 @@ class SQLiteDelivery:
         return self._store.directory(self._conn)
 
     def pending(self, queue_ids: list[str]) -> dict[str, PendingEntry]:
-        heads: dict[str, tuple[str, int, float, int]] = {}
+        heads: dict[str, tuple[str, int, float, int, int]] = {}
         recipients: dict[str, list[tuple[int, str]]] = {}
         success: dict[str, set[int]] = {}
         for start in range(0, len(queue_ids), _CHUNK):
             chunk = queue_ids[start : start + _CHUNK]
             marks = ",".join("?" * len(chunk))
-            for qid, reverse_path, size, arrived, attempts in self._conn.execute(
-                f"SELECT id, reverse_path, size, arrived, attempts FROM queue WHERE id IN ({marks})",
-                chunk,
+            for qid, reverse_path, size, arrived, attempts, junk in self._conn.execute(
+                "SELECT id, reverse_path, size, arrived, attempts, quarantine FROM queue"
+                f" WHERE id IN ({marks})", chunk,
             ):
-                heads[qid] = (reverse_path, size, arrived, attempts)
+                heads[qid] = (reverse_path, size, arrived, attempts, junk)
             for qid, idx, address, notify in self._conn.execute(
                 "SELECT queue_id, idx, address, notify FROM recipients"
                 f" WHERE queue_id IN ({marks}) AND status = 'pending' ORDER BY queue_id, idx",
@@ -81,18 +82,19 @@ class SQLiteDelivery:
         return {
             qid: PendingEntry(
                 qid, reverse_path, size, arrived, tuple(recipients.get(qid, ())), attempts,
-                frozenset(success.get(qid, ())),
+                frozenset(success.get(qid, ())), bool(junk),
             )
-            for qid, (reverse_path, size, arrived, attempts) in heads.items()
+            for qid, (reverse_path, size, arrived, attempts, junk) in heads.items()
         }
 
     def append_to_inbox(
         self, account_id: int, queue_id: str, prefix: bytes, size: int,
-        internal_date: float, delivery: str,
+        internal_date: float, delivery: str, *, junk: bool = False,
     ) -> int:
-        box = self._mailboxes.get(account_id)
+        box = self._mailboxes.get((account_id, junk))
         if box is None:
-            box = self._mailboxes[account_id] = self._inbox(account_id)
+            box = self._mailboxes[account_id, junk] = (
+                self._junk(account_id) if junk else self._inbox(account_id))
         uid, box[1] = box[1], box[1] + 1
         added = self._added.setdefault(account_id, [0, 0])
         added[0] += size
@@ -156,6 +158,21 @@ class SQLiteDelivery:
         conn.executemany("DELETE FROM queue WHERE id = ?", self._finished)
         conn.executemany("UPDATE blobs SET refs = refs + ? WHERE id = ?", self._refs)
         self._messages, self._settled, self._finished, self._refs = [], [], [], []
+
+    def _junk(self, account_id: int) -> list[int]:
+        """The account's \\Junk mailbox (RFC 6154), made as "Junk" if it has none."""
+        row = self._conn.execute(
+            "SELECT id, uidnext, highestmodseq FROM mailboxes WHERE account = ?"
+            " AND special_use = '\\Junk' ORDER BY id LIMIT 1", (account_id,),
+        ).fetchone()
+        if row is None:
+            name = "Junk"
+            while self._conn.execute("SELECT 1 FROM mailboxes WHERE account = ? AND name = ?",
+                                     (account_id, name)).fetchone():
+                name += "_"
+            mailbox_id = self._store.create_mailbox(self._conn, account_id, name, "\\Junk")
+            row = (mailbox_id, 1, 1)
+        return list(row)
 
     def _inbox(self, account_id: int) -> list[int]:
         row = self._conn.execute(

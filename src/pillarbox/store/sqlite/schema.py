@@ -11,7 +11,7 @@ message in a mailbox has a UID, flags, a MODSEQ, an internal date and a size,
 and points at a shared blob.
 """
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 6
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -187,5 +187,29 @@ CREATE TABLE IF NOT EXISTS send_as (
     address TEXT NOT NULL,
     PRIMARY KEY (account, address)
 ) WITHOUT ROWID;
+""",
+    5: """
+-- Outbound DKIM (issue 8): the signing keys of each domain.  The private keys
+-- are PEM files (dkim/<domain>/<selector>.pem); these rows say which exist and
+-- which sign: 'pending' (to be published), 'active' (signs), 'retired' (no
+-- longer signs, its record stays published for the overlap).  Keys made
+-- together (an RSA and an Ed25519 key) share a batch and change state together.
+-- meta.dkim_version is raised with every change, for the workers' caches.
+CREATE TABLE IF NOT EXISTS dkim_keys (
+    domain TEXT NOT NULL,               -- ASCII, lower case (A-labels)
+    selector TEXT NOT NULL,             -- lower case
+    algorithm TEXT NOT NULL,            -- rsa / ed25519
+    created REAL NOT NULL,
+    batch INTEGER NOT NULL,
+    state TEXT NOT NULL,                -- pending / active / retired
+    changed REAL NOT NULL,              -- when it entered its state
+    PRIMARY KEY (domain, selector)
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO meta (key, value) VALUES ('dkim_version', '0');
+""",
+    6: """
+-- Origin checks (issue 8): a DMARC policy of quarantine delivers into each
+-- recipient's Junk mailbox (RFC 6154 \\Junk) instead of INBOX.
+ALTER TABLE queue ADD COLUMN quarantine INTEGER NOT NULL DEFAULT 0;
 """,
 }
