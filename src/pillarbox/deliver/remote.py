@@ -25,6 +25,23 @@ any certificate; a failed handshake falls back to plaintext, RFC 7435 §3),
 ``encrypt`` (TLS required, any certificate), ``verify`` (TLS required, the
 certificate valid for the MX host name).
 
+MTA-STS (RFC 8461, ``pillarbox.deliver.mta_sts``), when given: a domain with
+an ``enforce`` policy gets only the MX hosts that match the policy, each with
+TLS as ``verify``; no matching host, or no such TLS, defers the message with
+a reply that names the policy and the failure (``451 4.7.5``).  A ``testing``
+policy tries a verified certificate first and only logs what would have
+failed.  A domain in ``tls_policies`` is delivered by that policy alone, and
+the relay host is not subject to MTA-STS: both are the operator's choice.
+
+DANE (RFC 7672, ``pillarbox.deliver.dane``), when given, comes first: where
+the domain's MX records are DNSSEC-validated, each MX host with validated
+TLSA records must do STARTTLS and present a chain that matches one of them
+(usable records none: TLS without authentication); neither the TLS policy
+nor MTA-STS decides for such a host (RFC 8461 §2), and an MTA-STS
+``enforce`` policy does not drop it.  A failed DNSSEC lookup (bogus data,
+SERVFAIL) defers the domain (MX) or skips the host (its addresses, TLSA).
+Domains in ``tls_policies`` and the relay host are not subject to DANE.
+
 Connections: at most ``per_destination`` in use per destination and
 ``total`` in all; an idle connection is kept ``idle_seconds`` and carries the
 next message to the same destination after an RSET.  A slow destination
@@ -45,6 +62,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
+from pillarbox.deliver.dane import DANE, DANEPolicy, peer_chain
+from pillarbox.deliver.mta_sts import MTASTS, CachedPolicy, Mode, mx_refused, tls_refused
 from pillarbox.deliver.outbound import Delivery, OutboundMessage, Outcome, Status
 from pillarbox.log import log_event
 from pillarbox.mime.generate import to_7bit
@@ -148,10 +167,11 @@ class _Destination:
 class _TryNext(Exception):
     """This host or address cannot take the message now; ``reply`` says why."""
 
-    def __init__(self, reply: str, permanent: bool = False) -> None:
+    def __init__(self, reply: str, permanent: bool = False, tls: bool = False) -> None:
         super().__init__(reply)
         self.reply = reply
         self.permanent = permanent
+        self.tls = tls          # TLS was required and failed, or was not offered
 
 
 class RemoteDelivery:
@@ -173,6 +193,8 @@ class RemoteDelivery:
         timeouts: Timeouts = Timeouts(),
         ca_file: Path | None = None,
         use_chunking: bool = True,
+        mta_sts: MTASTS | None = None,
+        dane: DANE | None = None,
     ) -> None:
         if resolver is None and relay is None:
             raise ValueError("remote delivery needs an MX resolver or a relay host")
@@ -188,6 +210,8 @@ class RemoteDelivery:
         self.timeouts = timeouts
         self.ca_file = ca_file
         self.use_chunking = use_chunking
+        self.mta_sts = mta_sts
+        self.dane = dane
         self._total = asyncio.Semaphore(total)
         self._destinations: dict[str, _Destination] = {}
         self._contexts: dict[bool, ssl.SSLContext] = {}
@@ -196,8 +220,11 @@ class RemoteDelivery:
 
     @classmethod
     def from_config(cls, config: DeliveryConfig, resolver: RouteResolver | None, *,
-                    helo_name: str) -> RemoteDelivery:
-        """Built from the ``[delivery]`` section; with ``relay_host`` the resolver is unused."""
+                    helo_name: str, mta_sts: MTASTS | None = None,
+                    dane: DANE | None = None) -> RemoteDelivery:
+        """Built from the ``[delivery]`` section; with ``relay_host`` the resolver is unused.
+        ``mta_sts``: ``MTASTS.from_config(...)`` (None when ``mta_sts`` is off);
+        ``dane``: a :class:`~pillarbox.deliver.dane.DANE` (None: no DANE)."""
         from pillarbox.config import parse_listen_address
 
         relay = None
@@ -224,7 +251,7 @@ class RemoteDelivery:
             tls_policies=policies, default_tls=TLSPolicy(config.tls_default), relay=relay,
             per_destination=config.connections_per_destination,
             total=config.connections_total, idle_seconds=config.connection_idle_seconds,
-            timeouts=timeouts, ca_file=config.tls_ca_file,
+            timeouts=timeouts, ca_file=config.tls_ca_file, mta_sts=mta_sts, dane=dane,
         )
 
     # ---------------------------------------------------------------- public
@@ -299,6 +326,9 @@ class RemoteDelivery:
 
         policy = self._policy(domain)
         route: _Route
+        sts: CachedPolicy | None = None
+        testing: CachedPolicy | None = None     # a testing policy: report, do not enforce
+        dane: dict[str, DANEPolicy] = {}         # MX host name -> its DANE policy
         if self.relay is not None:
             route = await self._relay_route(domain)
             port = self.relay.port
@@ -330,14 +360,47 @@ class RemoteDelivery:
                 return self._all(message, "failed", why)
             route = _HostList(domain, tuple(_Host(h.name, h.preference, h.addresses)
                                               for h in hosts))
+            dane, why = await self._dane(domain, route.hosts, port)
+            if why is not None:
+                log_event(log, "attempt", queue_id=message.queue_id, domain=domain,
+                          result="deferred", reply=why, level=logging.WARNING)
+                return self._all(message, "deferred", why)
+            sts = await self._mta_sts(domain)
+            if sts is not None:
+                allowed = tuple(h for h in route.hosts if sts.policy.allows(h.name)
+                                or _dane_of(dane, h.name) is not None)
+                log_event(log, "sts policy", queue_id=message.queue_id, domain=domain,
+                          mode=sts.policy.mode.value, id=sts.id,
+                          refused=",".join(h.name for h in route.hosts if h not in allowed)
+                          or None, level=logging.INFO)
+                if sts.policy.mode is Mode.ENFORCE:
+                    if not allowed:
+                        why = mx_refused(sts, [h.name for h in route.hosts])
+                        log_event(log, "attempt", queue_id=message.queue_id, domain=domain,
+                                  result="deferred", reply=why, level=logging.WARNING)
+                        return self._all(message, "deferred", why)
+                    route, policy = _HostList(domain, allowed), TLSPolicy.VERIFY
+                else:
+                    testing = sts
 
         errors: list[_TryNext] = []
         for host in route.hosts:
+            host_dane = _dane_of(dane, host.name)
+            if host_dane is not None and host_dane.mode == "failed":
+                errors.append(_TryNext(host_dane.reply))
+                log_event(log, "attempt", queue_id=message.queue_id, domain=domain,
+                          mx=host.name, result="next", reply=host_dane.reply,
+                          level=logging.INFO)
+                continue
             for address in host.addresses:
                 started = time.monotonic()
                 try:
-                    client = await self._open(host.name, address, port, policy)
+                    client = await self._open(host.name, address, port, policy, testing,
+                                              host_dane)
                 except _TryNext as exc:
+                    if exc.tls and sts is not None and sts.policy.mode is Mode.ENFORCE \
+                            and host_dane is None:
+                        exc = _TryNext(tls_refused(sts, host.name, exc.reply), tls=True)
                     errors.append(exc)
                     log_event(log, "attempt", queue_id=message.queue_id, domain=domain,
                               mx=host.name, address=address, port=port, result="next",
@@ -373,6 +436,33 @@ class RemoteDelivery:
                 addresses = ()
         return _HostList(domain, (_Host(relay.host, 0, addresses),))
 
+    async def _dane(self, domain: str, hosts: Sequence[_MXHost], port: int
+                    ) -> tuple[dict[str, DANEPolicy], str | None]:
+        """The DANE policy of each MX host (RFC 7672 §2.2), or the reply that
+        defers the domain: its MX lookup failed DNSSEC (bogus, SERVFAIL)."""
+        if self.dane is None or domain.lower().rstrip(".") in self.tls_policies:
+            return {}, None
+        try:
+            security = await self.dane.domain(domain)
+            if security.status == "failed":
+                return {}, self.dane.domain_reply(security)
+            return await self.dane.hosts(security, [h.name for h in hosts], port), None
+        except Exception as exc:     # a bug: never deliver without the check, say so
+            log.error("DANE lookup for %s failed", domain, exc_info=exc)
+            return {}, f"451 4.3.0 DANE lookup for {domain} failed: {exc!r}"
+
+    async def _mta_sts(self, domain: str) -> CachedPolicy | None:
+        """The MTA-STS policy to apply to ``domain``: none for a domain whose TLS
+        policy is configured (the operator's word wins) or in mode ``none``."""
+        if self.mta_sts is None or domain.lower().rstrip(".") in self.tls_policies:
+            return None
+        try:
+            sts = await self.mta_sts.lookup(domain)
+        except Exception as exc:      # a bug: deliver as without MTA-STS, say so
+            log.error("MTA-STS lookup for %s failed", domain, exc_info=exc)
+            return None
+        return sts if sts is not None and sts.policy.mode is not Mode.NONE else None
+
     def _policy(self, domain: str) -> TLSPolicy:
         if self.relay is not None:
             return self.relay.tls
@@ -391,11 +481,19 @@ class RemoteDelivery:
             self._contexts[verify] = ctx
         return ctx
 
-    async def _open(self, name: str, address: str, port: int, policy: TLSPolicy) -> SMTPClient:
-        """A session ready for MAIL on ``address``, or :class:`_TryNext`."""
+    async def _open(self, name: str, address: str, port: int, policy: TLSPolicy,
+                    testing: CachedPolicy | None = None,
+                    dane: DANEPolicy | None = None) -> SMTPClient:
+        """A session ready for MAIL on ``address``, or :class:`_TryNext`.  With a
+        ``testing`` MTA-STS policy the certificate is checked first, and a failure
+        is logged, then the connection made again as ``policy`` says.  Under
+        ``dane`` TLS is mandatory and the chain is checked by DANE alone."""
+        if dane is not None:
+            policy, testing = TLSPolicy.ENCRYPT, None
         relay = self.relay
         implicit = relay is not None and relay.implicit_tls
-        verify = policy is TLSPolicy.VERIFY
+        verify = policy is TLSPolicy.VERIFY or (testing is not None
+                                                and policy is not TLSPolicy.NONE)
         try_tls = policy is not TLSPolicy.NONE and not implicit
         where = f"{name}[{address}]:{port}"
         while True:
@@ -416,8 +514,17 @@ class RemoteDelivery:
                     raise _TryNext(reply.quote(), permanent=reply.is_permanent)
                 if try_tls and client.extensions.starttls:
                     try:
-                        reply = await client.starttls(self._context(verify), name)
+                        reply = await client.starttls(self._context(verify),
+                                                      dane.server_name if dane else name)
                     except SessionFailed as exc:
+                        if exc.kind == "tls" and testing is not None and verify \
+                                and policy is not TLSPolicy.VERIFY:
+                            # RFC 8461 5.1: in mode testing a failure is only reported.
+                            log_event(log, "sts testing", mx=name, address=address,
+                                      domain=testing.domain, id=testing.id,
+                                      error=exc.detail, level=logging.WARNING)
+                            verify = False
+                            continue
                         if exc.kind == "tls" and policy is TLSPolicy.MAY:
                             # RFC 7435 3: opportunistic TLS falls back to plaintext.
                             log_event(log, "tls fallback", mx=name, address=address,
@@ -431,21 +538,39 @@ class RemoteDelivery:
                     refused = "" if client.tls else f" (STARTTLS refused: {reply.quote()})"
                 else:
                     refused = ""
+                if dane is not None:
+                    await self._check_dane(client, dane, where, refused)
                 if policy in (TLSPolicy.ENCRYPT, TLSPolicy.VERIFY) and client.tls is None:
                     await client.quit()
                     raise _TryNext(f"450 4.7.4 TLS is required, but {where} did not offer "
-                                   f"it{refused}")
+                                   f"it{refused}", tls=True)
                 if relay is not None and relay.username:
                     await self._authenticate(client, relay, where)
                 return client
             except SessionFailed as exc:
                 if client is not None:
                     client.abort()
-                raise _TryNext(self._failure_text(exc, where)) from None
+                raise _TryNext(self._failure_text(exc, where), tls=exc.kind == "tls") from None
             except _TryNext:
                 if client is not None:
                     client.abort()
                 raise
+
+    @staticmethod
+    async def _check_dane(client: SMTPClient, dane: DANEPolicy, where: str,
+                          refused: str) -> None:
+        """RFC 7672 §2.2, §3: TLS, and for ``verify`` a chain that matches a record."""
+        if client.tls is None:
+            await client.quit()
+            raise _TryNext(dane.no_tls_reply(where, refused), tls=True)
+        if dane.mode == "verify":
+            tls = client.ssl_object
+            verdict = dane.check(peer_chain(tls) if tls is not None else (), where)
+            if not verdict.ok:
+                await client.quit()
+                raise _TryNext(verdict.reason, tls=True)
+            log_event(log, "dane", mx=client.host_name, address=client.address,
+                      tlsa=dane.tlsa_name, result=str(verdict), level=logging.INFO)
 
     async def _authenticate(self, client: SMTPClient, relay: RelayHost, where: str) -> None:
         if client.tls is None:
@@ -626,6 +751,12 @@ class RemoteDelivery:
             else f"{first[:1] or '4'}.0.0"
         return Delivery(tuple(Outcome(r.idx, result, reply, status, mta)
                               for r in message.recipients), tls)
+
+
+def _dane_of(policies: Mapping[str, DANEPolicy], host: str) -> DANEPolicy | None:
+    """The DANE policy of an MX host where DANE applies to it, else None."""
+    found = policies.get(host.lower().rstrip("."))
+    return found if found is not None and found.applies else None
 
 
 def _result(reply: ServerReply) -> Status:

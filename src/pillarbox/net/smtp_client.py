@@ -181,6 +181,13 @@ class SMTPClient:
     def closed(self) -> bool:
         return self.core.closed or self._writer.is_closing()
 
+    @property
+    def ssl_object(self) -> ssl.SSLObject | None:
+        """The TLS session once STARTTLS (or implicit TLS) is up: for checks of the
+        server's certificate chain after the handshake (DANE, RFC 7672 §3)."""
+        obj = self._writer.get_extra_info("ssl_object")
+        return obj if isinstance(obj, ssl.SSLObject) else None
+
     async def hello(self) -> ServerReply:
         """EHLO, or HELO where EHLO is not known (RFC 5321 §3.2)."""
         self.core.hello()
