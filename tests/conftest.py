@@ -68,6 +68,8 @@ class Server:
             # own (tests/integration/test_origin.py).
             "policy.spf": "off",
             "policy.dmarc": "off",
+            "policy.iprev": "false",
+            "policy.helo": "off",
             **(options or {}),
         }
         self.proc: subprocess.Popen[bytes] | None = None

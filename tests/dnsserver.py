@@ -64,7 +64,7 @@ def dnsmasq(directory: Path, zone: Sequence[str]) -> Iterator[DNSServer]:
         "no-resolv", "no-hosts", "no-poll", "pid-file=", "user=", "keep-in-foreground",
         f"log-facility={log}", "log-queries", f"auth-ttl={TTL}",
         "auth-soa=1,hostmaster.test,1200,180,1209600", "auth-server=ns.test,127.0.0.1",
-        "auth-zone=test,192.0.2.0/24,2001:db8::/32",  # and their reverse zones
+        "auth-zone=test,192.0.2.0/24,2001:db8::/32,127.0.0.0/8",  # and their reverse zones
         *zone,
     ]) + "\n")
     errors = directory / "dnsmasq.stderr"

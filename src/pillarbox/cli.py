@@ -10,9 +10,11 @@
     pillarbox user send-as ADDRESS [GRANTED] [--remove]
     pillarbox alias add|list|remove …
     pillarbox queue list|show|retry|hold|release|delete|bounce|shape …
+    pillarbox dkim keygen|rotate|activate|list|remove …   (outbound DKIM keys)
     pillarbox mailbox list USER
     pillarbox mailbox import ADDRESS PATH [--format F] [--mailbox NAME] [--dry-run]
     pillarbox mailbox export ADDRESS PATH [--format maildir|mbox] [--mailbox NAME]...
+    pillarbox dns check DOMAIN [--address IP]... [--nameserver IP[:PORT]]...
     pillarbox sendmail [SENDMAIL OPTION]... [RECIPIENT]...   (docs/sendmail.md)
 
 The configuration is ``-c FILE``, else ``./pillarbox.toml`` if there is one,
@@ -45,6 +47,8 @@ from pathlib import Path
 from pillarbox import __version__
 from pillarbox.admin import commands
 from pillarbox.admin.commands import AdminError, InvalidName
+from pillarbox.admin.dns_cli import add_dns_commands
+from pillarbox.admin.dkim_cli import add_dkim_commands
 from pillarbox.admin.queue_cli import add_queue_commands
 from pillarbox.admin.names import unicode_domain
 from pillarbox.config import Config, ConfigError, check_config, load_config
@@ -572,6 +576,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = group("queue", "messages accepted and not yet delivered")
     add_queue_commands(g, leaf)   # pillarbox.admin.queue_cli
+
+    g = group("dkim", "DKIM signing keys of our domains: make, publish, rotate")
+    add_dkim_commands(g, leaf)    # pillarbox.admin.dkim_cli
+
+    g = group("dns", "the DNS records of a mail domain")
+    add_dns_commands(g, leaf)     # pillarbox.admin.dns_cli
 
     g = group("mailbox", "mailboxes of an account")
     p = leaf(g, "list", _cmd_mailbox_list, "list an account's mailboxes")

@@ -686,14 +686,28 @@ class DeliveryConfig:
             'a string of "domain=policy" words, e.g. "example.com=verify other.net=encrypt"',
         ),
         "",
-        'TLS policy per destination domain, overriding `tls_default`: words such as '
-        '`"example.com=verify bank.example=encrypt"`.',
+        'TLS policy per destination domain, overriding `tls_default` and the domain\'s '
+        'MTA-STS policy: words such as `"example.com=verify bank.example=encrypt"`.',
     )
     tls_ca_file: Path | None = _option(
         _Path(optional=True, must_exist=True),
         "",
         'PEM file of the certificate authorities trusted by the `"verify"` policy; `""`: '
         "the system's.",
+    )
+    dane_resolver: str = _option(
+        _Str(
+            lambda value: value == "" or _loopback_nameserver(value),
+            "nameserver address",
+            'a loopback address such as "127.0.0.1" or "127.0.0.1:5353" (its AD bit is '
+            'trusted only on this machine), or ""',
+        ),
+        "",
+        "DANE for SMTP (RFC 7672): the address of a DNSSEC-validating resolver on this "
+        "machine (unbound, for example), whose AD bit is trusted. Then MX routing asks it "
+        "too, and a destination whose MX hosts publish TLSA records gets its mail only "
+        "over TLS with a certificate that matches one of them; a mismatch is deferred "
+        'saying why. DANE comes before MTA-STS (RFC 8461 §2). `""`: no DANE.',
     )
     mta_sts: bool = _option(
         _Bool(),
@@ -989,6 +1003,17 @@ class AuthConfig:
     )
 
 
+def _loopback_nameserver(value: str) -> bool:
+    """``ip``, ``ip:port`` or ``[ipv6]:port`` on loopback (RFC 6698 §4.1: trust the AD
+    bit only over a secure path, here one that never leaves the machine)."""
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:([0-9]{1,5})|([0-9.]+):([0-9]{1,5})", value)
+    address, port = (m[1] or m[3], int(m[2] or m[4])) if m else (value, 53)
+    try:
+        return ipaddress.ip_address(address).is_loopback and 0 < port < 65536
+    except ValueError:
+        return False
+
+
 class _Nameservers(_Kind):
     type_doc = "array of IP address strings"
     expected = ('an array of IP addresses, such as ["192.0.2.53", "2001:db8::53"], '
@@ -1120,6 +1145,67 @@ class PolicyConfig:
         "current (Debian's `publicsuffix` package: "
         "`/usr/share/publicsuffix/public_suffix_list.dat`).",
     )
+    iprev: bool = _option(
+        _Bool(),
+        True,
+        "Look up each client's verified reverse name (forward-confirmed reverse DNS, "
+        "RFC 8601 §2.7.3): it goes into the `Received:` line and, for mail from other "
+        "servers, into `Authentication-Results:` as `iprev=`.",
+    )
+    helo: str = _option(
+        _Choice("off", "tag"),
+        "tag",
+        'Check the EHLO/HELO name of other servers: syntax, a claim to be this server, '
+        'an address literal that is not the client\'s, a name that does not exist. `"tag"` '
+        'records what was found (and refuses the outcomes of `helo_reject`); `"off"` '
+        "does not look.",
+    )
+    helo_reject: str = _option(
+        _Str(
+            lambda value: all(
+                item in ("syntax", "not-fqdn", "ours", "literal-mismatch", "nxdomain",
+                         "no-address")
+                for item in value.replace(",", " ").split()
+            ),
+            "string of HELO outcomes",
+            'a string of HELO outcomes: syntax, not-fqdn, ours, literal-mismatch, nxdomain, '
+            "no-address",
+        ),
+        "",
+        'HELO outcomes refused with `550 5.7.1` at the end of DATA, e.g. `"ours"` for '
+        "clients that call themselves by this server's name (RFC 5321 §4.1.4 forbids "
+        "refusing mail only because the name does not match the address).",
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DKIMConfig:
+    """DKIM signing of our own mail (RFC 6376, RFC 8463): every message submitted by
+    an authenticated user is signed with the active keys of its `From:` domain,
+    usually RSA-2048 and Ed25519 (two `DKIM-Signature:` fields). Keys are made
+    and switched with `pillarbox dkim keygen`, `rotate` and `activate`; a domain
+    without active keys is not signed. A key that cannot be read is logged as an
+    error and left out (the mail goes unsigned rather than refused)."""
+
+    sign: bool = _option(
+        _Bool(),
+        True,
+        "Sign the mail of authenticated users (and, with `sign_trusted`, of trusted "
+        "networks) whose `From:` domain has active keys; `false`: sign nothing.",
+    )
+    sign_trusted: bool = _option(
+        _Bool(),
+        True,
+        "Also sign mail relayed for clients of `smtp.trusted_networks` (our own senders, "
+        "such as a web application).",
+    )
+    overlap: float = _option(
+        _Duration(0),
+        604800,
+        "How long the DNS record of a retired key must stay published after "
+        "`pillarbox dkim activate` replaced it, so that mail it signed still verifies "
+        "while queued or forwarded; `pillarbox dkim list` shows the date.",
+    )
 
 
 def _is_mx_pattern(value: str) -> bool:
@@ -1202,6 +1288,7 @@ class Config:
     dns: DNSConfig = field(default_factory=DNSConfig)
     mta_sts: MTASTSConfig = field(default_factory=MTASTSConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    dkim: DKIMConfig = field(default_factory=DKIMConfig)
 
     @property
     def workers_effective(self) -> int:

@@ -316,20 +316,27 @@ async def _stop_event() -> asyncio.Event:
 
 
 def _remote_delivery(config: Config):  # type: ignore[no-untyped-def]
-    """Remote delivery of the ``[dns]`` and ``[delivery]`` sections."""
+    """Remote delivery of the ``[dns]`` and ``[delivery]`` sections: MX routing,
+    MTA-STS (RFC 8461) and, with a validating resolver, DANE (RFC 7672)."""
+    from pillarbox.deliver.dane import DANE, ValidatingResolver
+    from pillarbox.deliver.mta_sts import MTASTS
     from pillarbox.deliver.mx import MXResolver
     from pillarbox.deliver.remote import RemoteDelivery
-
-    dns = config.dns
-    resolver = MXResolver(list(dns.nameservers) or None, timeout=dns.timeout, ipv6=dns.ipv6,
-                          ipv4=dns.ipv4, prefer="ipv4" if dns.prefer == "ipv4" else "ipv6")
-    from pillarbox.deliver.mta_sts import MTASTS
     from pillarbox.policy.dns import DNSResolver
 
+    dns = config.dns
+    validating = config.delivery.dane_resolver
+    # With DANE, MX routing asks the validating resolver too, so that the hosts
+    # tried are the ones whose MX records were validated (RFC 7672 §2.2.1).
+    nameservers = [validating] if validating else (list(dns.nameservers) or None)
+    resolver = MXResolver(nameservers, timeout=dns.timeout, ipv6=dns.ipv6,
+                          ipv4=dns.ipv4, prefer="ipv4" if dns.prefer == "ipv4" else "ipv6")
     mta_sts = MTASTS.from_config(config.delivery, DNSResolver(
         list(dns.nameservers) or None, timeout=dns.timeout), config.server.data_dir)
+    dane = DANE(ValidatingResolver([validating], timeout=dns.timeout)) if validating else None
     return RemoteDelivery.from_config(config.delivery, resolver,
-                                      helo_name=config.server.hostname, mta_sts=mta_sts)
+                                      helo_name=config.server.hostname, mta_sts=mta_sts,
+                                      dane=dane)
 
 
 def _origin_checks(config: Config):  # type: ignore[no-untyped-def]
@@ -338,11 +345,13 @@ def _origin_checks(config: Config):  # type: ignore[no-untyped-def]
     from pillarbox.policy.dmarc import DMARCCheck, Enforcement
     from pillarbox.policy.dns import DNSResolver
     from pillarbox.policy.psl import PublicSuffixList
+    from pillarbox.policy.rdns import HeloCheck, HeloOutcome
     from pillarbox.policy.spf import SPFCheck
     from pillarbox.receive.origin import OriginChecks
 
     policy = config.policy
-    if policy.spf == "off" and not policy.dkim and policy.dmarc == "off":
+    if (policy.spf == "off" and not policy.dkim and policy.dmarc == "off"
+            and policy.helo == "off" and not policy.iprev):
         return None
     resolver = DNSResolver(list(config.dns.nameservers) or None, timeout=config.dns.timeout)
     hostname = config.server.hostname
@@ -362,7 +371,31 @@ def _origin_checks(config: Config):  # type: ignore[no-untyped-def]
         spf_defer_temperror=policy.spf_defer_temperror,
         dkim=VerifyPolicy() if policy.dkim else None, dkim_max_size=policy.dkim_max_size,
         dmarc=dmarc,
+        helo=HeloCheck(resolver, hostname, reject=HeloOutcome.parse(policy.helo_reject))
+        if policy.helo != "off" else None,
     )
+
+
+def _reverse_dns(config: Config):  # type: ignore[no-untyped-def]
+    """The clients' verified reverse names (``policy.iprev``); None: off."""
+    from pillarbox.policy.dns import DNSResolver
+    from pillarbox.policy.rdns import ReverseDNS
+
+    if not config.policy.iprev:
+        return None
+    return ReverseDNS(DNSResolver(list(config.dns.nameservers) or None,
+                                  timeout=config.dns.timeout), timeout=config.dns.timeout)
+
+
+def _dkim_signing(config: Config, store: SQLiteStore):  # type: ignore[no-untyped-def]
+    """DKIM signing of the ``[dkim]`` section (receive/signing.py); None: off."""
+    from pillarbox.receive.signing import DKIMSigning
+    from pillarbox.store.sqlite.dkim_keys import SQLiteDKIMKeys
+
+    if not config.dkim.sign:
+        return None
+    return DKIMSigning(SQLiteDKIMKeys(store), config.server.data_dir,
+                       sign_trusted=config.dkim.sign_trusted)
 
 
 def _agent_socket(config: Config) -> Path:
@@ -438,6 +471,8 @@ async def _worker_main(config: Config, listeners: Listeners, limiters: Limiters)
         min_free_space=config.queue.min_free_space,
         enqueue=enqueue,
         origin=_origin_checks(config),
+        reverse_dns=_reverse_dns(config),
+        signing=_dkim_signing(config, store),
     )
     cfg = SMTPListenerConfig(
         limits=Limits(

@@ -46,6 +46,8 @@ ZONE = [
     'txt-record=_dmarc.signer.test,"v=DMARC1; p=reject; adkim=s"',
     # lists.test: a forwarder's envelope domain, which passes SPF.
     'txt-record=lists.test,"v=spf1 ip4:127.0.0.1 -all"',
+    # the client's name, forward and reverse (dnsmasq makes the PTR).
+    "host-record=client.test,127.0.0.1",
     # monitored.test: fails, but asks only for reports.
     'txt-record=monitored.test,"v=spf1 -all"',
     'txt-record=_dmarc.monitored.test,"v=DMARC1; p=none"',
@@ -130,6 +132,20 @@ def test_dkim_signature_by_a_real_signer_aligns_for_dmarc(origin_server: Server)
     assert "dmarc=pass" in ours
 
 
+def test_an_arc_chain_from_a_forwarder_is_recorded(origin_server: Server) -> None:
+    """A list at signer.test sealed the message it passed on (RFC 8617, sealed by
+    dkimpy): our header says arc=pass."""
+    message = (b"Authentication-Results: lists.signer.test; spf=pass smtp.mailfrom=x@sender.test\r\n"
+               + _message("a@sender.test", "listed"))
+    seal = b"".join(dkim.arc_sign(message, b"sel", b"signer.test", KEY, b"lists.signer.test"))
+    code, _ = _send(origin_server, "a@sender.test", seal + message)
+    assert code == 250
+    origin_server.wait_delivered(1)
+    [raw] = origin_server.inbox("alice@example.test")
+    ours = [r for r in _results(raw) if r.startswith(HOST)]
+    assert len(ours) == 1 and "arc=pass" in ours[0], ours
+
+
 def test_a_broken_signature_of_a_reject_domain_is_refused(origin_server: Server) -> None:
     message = _message("news@signer.test", "tampered")
     signature = dkim.sign(message, b"sel", b"signer.test", KEY,
@@ -176,3 +192,33 @@ def test_submission_is_not_judged(origin_server: Server) -> None:
     origin_server.wait_delivered(1)
     [raw] = origin_server.inbox("alice@example.test")
     assert _results(raw) == []
+
+
+def _send_as(server: Server, helo: str, source: str = "127.0.0.1") -> tuple[int, bytes]:
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=30,
+                      source_address=(source, 0)) as client:
+        client.ehlo(helo)
+        client.mail("a@sender.test")
+        assert client.rcpt("alice@example.test")[0] == 250
+        return client.data(_message("a@sender.test", f"helo-{helo}-{source}"))
+
+
+def test_received_names_the_verified_client_and_helo_checks(server_factory,
+                                                            dns: DNSServer) -> None:
+    """The Received: line carries the forward-confirmed reverse name (RFC 8601
+    §2.7.3 iprev); a client on another address claiming our name is refused."""
+    server: Server = server_factory({
+        "server.hostname": HOST, "dns.nameservers": dns.nameserver,
+        "policy.spf": "tag", "policy.dmarc": "enforce", "policy.iprev": "true",
+        "policy.helo": "tag", "policy.helo_reject": "ours",
+    }, accounts=("alice@example.test",), name="rdns")
+    assert _send_as(server, "client.test")[0] == 250
+    server.wait_delivered(1)
+    [raw] = server.inbox("alice@example.test")
+    assert b"Received: from client.test (client.test [127.0.0.1])" in raw
+    [ours] = _results(raw)
+    assert "iprev=pass (client.test) policy.iprev=127.0.0.1" in ours
+    assert _send_as(server, "[192.0.2.9]")[0] == 250        # tagged, not refused
+    assert _send_as(server, HOST)[0] == 250                  # loopback to loopback: ourselves
+    code, text = _send_as(server, HOST, "127.0.0.2")
+    assert code == 550 and b"5.7.1" in text

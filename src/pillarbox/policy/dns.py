@@ -36,7 +36,7 @@ The three outcomes a check must tell apart:
   form) is answered NXDOMAIN without asking: no such name can exist;
 - answers are cached in a bounded LRU: positive ones for their TTL (the
   smallest of the CNAME chain), NXDOMAIN and no data for the negative TTL of
-  RFC 2308 §5, min(SOA TTL, SOA MINIMUM), and not at all without an SOA;
+  RFC 2308 §5, min(SOA TTL, SOA MINIMUM), for a minute without an SOA;
   failures are never cached; nothing is kept longer than a day (negative
   answers: 3 hours, RFC 2308 §5);
 - concurrent identical questions share one query ("single flight"); a caller
@@ -158,6 +158,7 @@ def _key(name: str) -> str:
 
 MAX_TTL = 86400.0            # a day: the longest any answer is kept
 MAX_NEGATIVE_TTL = 10800.0   # 3 hours, RFC 2308 §5's upper bound for negative caching
+NO_SOA_TTL = 60.0            # a negative answer without an SOA (see _negative_ttl)
 CACHE_ENTRIES = 10000
 
 _NAMESERVER = re.compile(r"\[(?P<v6>[^\]]+)\](?::(?P<v6port>\d+))?\Z"
@@ -211,14 +212,23 @@ class _Cached:
 
 
 def _negative_ttl(response: dns.message.Message | None) -> float:
-    """RFC 2308 §5: min(SOA TTL, SOA MINIMUM) of the authority section; 0 without
-    an SOA (such negative answers are not cached)."""
+    """RFC 2308 §5: min(SOA TTL, SOA MINIMUM) of the authority section; without an
+    SOA, ``NO_SOA_TTL``.
+
+    RFC 2308 §5 says negative answers without an SOA SHOULD NOT be cached,
+    so that two caching servers cannot hand one back and forth for ever.  We
+    are the end of the line, never asked by another resolver, so that loop
+    cannot happen here; and some resolvers (forwarders in containers and
+    VMs) leave the SOA out of every NXDOMAIN.  Asking again for each message
+    cost inbound mail most of its throughput there (the same sender domain's
+    SPF and DMARC lookups, message after message), so such answers are kept
+    for a short while."""
     if response is not None:
         for rrset in response.authority:
             if rrset.rdtype == dns.rdatatype.SOA and len(rrset):
                 return min(float(min(rrset.ttl, rrset[0].minimum)),  # type: ignore[attr-defined]
                            MAX_NEGATIVE_TTL)
-    return 0.0
+    return NO_SOA_TTL
 
 
 def _servfail(error: dns.resolver.NoNameservers) -> str:
@@ -281,7 +291,9 @@ class DNSResolver:
             resolver.nameservers = [dns.nameserver.Do53Nameserver(*parse_nameserver(s))
                                     for s in nameservers]
         resolver.lifetime = timeout
-        resolver.timeout = min(2.0, timeout)  # one try at one server; then the next
+        # One try at one server, then the next (or the same again): a lost UDP
+        # answer costs a second, not the whole budget of the question.
+        resolver.timeout = min(1.0, timeout)
         # EDNS(0) with the DNS flag day 2020 payload: TXT answers of a few hundred
         # octets (SPF, DKIM keys) come in one UDP answer, without a retry over TCP.
         resolver.use_edns(0, 0, 1232)

@@ -29,21 +29,28 @@ import asyncio
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from pillarbox.log import log_event
 from pillarbox.policy.authres import AuthenticationResults, MethodResult, remove_ours
 from pillarbox.policy.dkim.verify import DKIMResult, VerifyPolicy, verify
 from pillarbox.policy.dmarc import DKIMOutcome, DMARCCheck, DMARCResult, SPFOutcome
 from pillarbox.policy.dns import Resolver
+from pillarbox.policy.rdns import HeloCheck, HeloResult, ReverseName
 from pillarbox.policy.spf import Result as SPFStatus
 from pillarbox.policy.spf import SPFCheck, SPFResult
 from pillarbox.policy.verdict import Action, Verdict
+from pillarbox.policy.arc import ChainStatus
+from pillarbox.receive.arc_seal import validate_incoming
 
 __all__ = ["OriginChecks", "Judgement"]
 
 log = logging.getLogger("pillarbox.receive.origin")
 
 SPF_WAIT = 20.0      # seconds the end of DATA waits for SPF's lookups at most
+CLIENT_WAIT = 10.0   # ... for the reverse name and the HELO check (begun long before)
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -55,6 +62,8 @@ class Judgement:
     spf: SPFResult | None = None
     dkim: list[DKIMResult] = field(default_factory=list)
     dmarc: DMARCResult | None = None
+    iprev: ReverseName | None = None
+    helo: HeloResult | None = None
 
     @property
     def quarantine(self) -> bool:
@@ -72,6 +81,7 @@ class OriginChecks:
     dkim: VerifyPolicy | None = None
     dkim_max_size: int = 16 * 1024 * 1024
     dmarc: DMARCCheck | None = None
+    helo: HeloCheck | None = None
 
     def strip(self, header_block: bytes) -> bytes:
         """The header block without fields claiming our authserv-id (RFC 8601 §5)."""
@@ -84,10 +94,25 @@ class OriginChecks:
         return asyncio.ensure_future(self.spf.evaluate(ip, mail_from, helo))
 
     async def judge(self, spf_task: asyncio.Task[SPFResult] | None, message: bytes | None,
-                    receiving_domains: Iterable[str]) -> Judgement:
+                    receiving_domains: Iterable[str], *,
+                    reverse: asyncio.Task[ReverseName] | None = None,
+                    helo: asyncio.Task[HeloResult] | None = None) -> Judgement:
         """The checks' verdict for ``message`` (None: too large to read whole)."""
         methods: list[MethodResult] = []
         verdict = Verdict.accept("authentication")
+        iprev = await _settled(reverse, CLIENT_WAIT, "iprev")
+        if iprev is not None:
+            methods.append(iprev.method_result())
+        helo_result = await _settled(helo, CLIENT_WAIT, "helo") if self.helo else None
+        if helo_result is not None:
+            assert self.helo is not None
+            v = self.helo.verdict(helo_result)
+            if v.is_final:
+                if spf_task is not None:
+                    spf_task.cancel()
+                return Judgement(v, self._header(methods), iprev=iprev, helo=helo_result)
+            if v.action is not Action.ACCEPT:
+                verdict = v
         spf = await self._spf_result(spf_task)
         if spf is not None:
             methods.append(_spf_method(spf))
@@ -107,6 +132,10 @@ class OriginChecks:
                 methods += [_dkim_method(r) for r in dkim_results]
                 if not dkim_results:
                     methods.append(MethodResult("dkim", "none"))
+            # ARC (RFC 8617 §5.2): recorded when the message carries a chain.
+            arc = await validate_incoming(message, self.resolver, self.client_ip(spf, iprev))
+            if arc is not None and arc[0].status is not ChainStatus.NONE:
+                methods.append(arc[1])
         dmarc: DMARCResult | None = None
         if self.dmarc is not None and message is not None:
             header_block = _header_block(message)
@@ -119,7 +148,14 @@ class OriginChecks:
             methods.append(dmarc.method_result())
             if v.action is not Action.ACCEPT:
                 verdict = v
-        return Judgement(verdict, self._header(methods), spf, dkim_results, dmarc)
+        return Judgement(verdict, self._header(methods), spf, dkim_results, dmarc, iprev,
+                         helo_result)
+
+    @staticmethod
+    def client_ip(spf: SPFResult | None, iprev: ReverseName | None) -> str | None:
+        if spf is not None and spf.ip:
+            return spf.ip
+        return iprev.ip if iprev is not None else None
 
     async def _spf_result(self, task: asyncio.Task[SPFResult] | None) -> SPFResult | None:
         if task is None:
@@ -136,6 +172,20 @@ class OriginChecks:
 
     def _header(self, methods: list[MethodResult]) -> bytes:
         return AuthenticationResults.of(self.authserv_id, methods).render()
+
+
+async def _settled(task: asyncio.Task[T] | None, wait: float, what: str) -> T | None:
+    """The task's result, waited for at most ``wait`` seconds; None if it has none."""
+    if task is None or task.cancelled():
+        return None
+    try:
+        return await asyncio.wait_for(asyncio.shield(task), wait)
+    except TimeoutError:
+        task.cancel()
+        log_event(log, f"{what} took too long", seconds=wait, level=logging.WARNING)
+    except Exception as exc:  # noqa: BLE001 - a bug in a check must not refuse mail
+        log_event(log, f"{what} failed", error=repr(exc), level=logging.ERROR)
+    return None
 
 
 def _spf_method(spf: SPFResult) -> MethodResult:

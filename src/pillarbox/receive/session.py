@@ -25,7 +25,8 @@ tricks of open-relay tests).  An authenticated user may send only as their
 own addresses (``senders``: the envelope sender at MAIL, ``From:`` at the
 end of DATA, 550 5.7.1); on the submission ports MAIL needs a login
 (530 5.7.0, in the core) and a missing ``Date:`` or ``Message-ID:`` is
-added (``submission``).
+added (``submission``).  Their mail, and that of trusted clients, is
+DKIM-signed with the keys of its ``From:`` domain (``signing``).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from pillarbox.auth.sasl import Challenge
 from pillarbox.auth.service import Authenticator, AuthResult, Exchange, UnknownMechanism
 from pillarbox.deliver.recipients import Resolution, Verdict, cached, resolve
 from pillarbox.log import log_event
+from pillarbox.policy.rdns import HeloResult, ReverseDNS, ReverseName, tcp_info
 from pillarbox.policy.spf import SPFResult
 from pillarbox.policy.verdict import Action
 from pillarbox.protocols.smtp import events as ev
@@ -60,6 +62,7 @@ from pillarbox.protocols.smtp.server import SMTPServerConnection
 from pillarbox.receive.origin import OriginChecks
 from pillarbox.receive.relay import Network, in_networks, literal_address, routing_trick
 from pillarbox.receive.senders import SenderCheck, not_yours
+from pillarbox.receive.signing import DKIMSigning, author_domains
 from pillarbox.receive.submission import HeaderGate
 from pillarbox.store.base import (
     Account,
@@ -77,6 +80,7 @@ from pillarbox.store.directory import Directory
 log = logging.getLogger("pillarbox.smtp")
 
 QUOTA_TTL = 5.0          # seconds a worker remembers an account's quota usage
+RECEIVED_WAIT = 5.0      # seconds the end of DATA waits for the client's reverse name
 
 
 @dataclass(slots=True)
@@ -98,6 +102,10 @@ class ReceiverContext:
     send_as: Callable[[int], Collection[str]] | None = None
     # SPF, DKIM and DMARC of mail from other servers (receive/origin.py); None: off.
     origin: OriginChecks | None = None
+    # The client's verified reverse name, for Received: and iprev (policy/rdns.py); None: off.
+    reverse_dns: ReverseDNS | None = None
+    # DKIM signing of our users' and trusted clients' mail (receive/signing.py); None: off.
+    signing: DKIMSigning | None = None
     _space_checked: float = 0.0
     _space_ok: bool = True
     _directory: Directory | None = None
@@ -172,6 +180,8 @@ class Transaction:
     header: HeaderGate | None = None      # held for the From: check and RFC 6409 8
     spf: asyncio.Task[SPFResult] | None = None   # begun at MAIL FROM (receive/origin.py)
     received_length: int = 0              # our Received: line, first in the spool
+    received_late: bool = False           # ... written at the end of DATA (reverse name)
+    signed: str = ""                      # selectors of our DKIM signatures, for the log
     quarantine: bool = False              # a check said: into Junk (receive/origin.py)
 
 
@@ -199,6 +209,11 @@ class Session:
         self.messages = 0
         self.account: Credentials | None = None       # after a successful AUTH
         self.trusted = in_networks(client_address, ctx.trusted_networks)
+        # Begun now, so the lookups run while the client says EHLO, MAIL and RCPT.
+        rdns = ctx.reverse_dns
+        self.reverse: asyncio.Task[ReverseName] | None = (
+            rdns.start(client_address) if rdns is not None else None)
+        self.helo_check: asyncio.Task[HeloResult] | None = None
         self._exchange: Exchange | None = None
         self._success: AuthResult | None = None       # SCRAM's v= sent, its empty answer due
         self.set_auth_policy()
@@ -303,11 +318,24 @@ class Session:
             self.message_start()
         elif kind is ev.MessageAborted:
             self.message_aborted(event)  # type: ignore[arg-type]
-        elif kind is ev.Reset or kind is ev.Hello:
+        elif kind is ev.Hello:
+            self.reset()
+            self.hello(event)  # type: ignore[arg-type]
+        elif kind is ev.Reset:
             self.reset()
         else:
             return False
         return True
+
+    def hello(self, event: ev.Hello) -> None:
+        """EHLO/HELO: begin the HELO check (policy/rdns.py), judged at the end of DATA."""
+        if self.helo_check is not None:
+            self.helo_check.cancel()
+            self.helo_check = None
+        origin = self.ctx.origin
+        if origin is not None and origin.helo is not None and not self.trusted:
+            self.helo_check = asyncio.ensure_future(origin.helo.evaluate(
+                self.client_address, event.domain, local_addresses=self.local_addresses))
 
     def mail_from(self, event: ev.MailFrom) -> Reply:
         if not self.ctx.spool_has_room():
@@ -427,14 +455,18 @@ class Session:
         if self.account is not None or self.submission:
             tx.header = HeaderGate(add_missing=self.submission,
                                    message_id=f"<{tx.queue_id}@{self.ctx.hostname}>")
-        elif self.ctx.origin is not None:
+        elif self.ctx.origin is not None or self._signing is not None:
+            origin = self.ctx.origin
             tx.header = HeaderGate(add_missing=False, message_id="",
-                                   strip=self.ctx.origin.strip)
+                                   strip=origin.strip if origin is not None else None)
         try:
             tx.writer = self.ctx.store.new_blob(tx.queue_id)
-            received = self._received_header(tx)
-            tx.received_length = len(received)
-            tx.writer.write(received)
+            if self.reverse is not None and not self.reverse.done():
+                tx.received_late = True   # the reverse name is not known yet
+            else:
+                received = self._received_header(tx)
+                tx.received_length = len(received)
+                tx.writer.write(received)
         except OSError as exc:
             self._spool_failed(exc)
 
@@ -507,11 +539,20 @@ class Session:
                       account=self.account.address if self.account else None,
                       from_=_path_text(tx.reverse_path), reply=str(refusal))
             return refusal
+        if tx.received_late:
+            failed = await self._late_received(tx)
+            if failed is not None:
+                return failed
         origin = self._origin
         if origin is not None:
             judged = await self._judge(origin, tx)
             if judged is not None:
                 return judged
+        signing = self._signing
+        if signing is not None:
+            failed = await self._sign(signing, tx)
+            if failed is not None:
+                return failed
         params = tx.params
         envelope = Envelope(
             reverse_path=_path_text(tx.reverse_path),
@@ -545,10 +586,32 @@ class Session:
             to=",".join(r.address for r in envelope.recipients), size=tx.writer.size,
             account=self.account.address if self.account else None,
             added=",".join(tx.header.added) if tx.header and tx.header.added else None,
+            dkim=tx.signed or None,
             tls=self.tls[0] if self.tls else None,
             ms=round((time.monotonic() - started) * 1000, 1), status="queued",
         )
         return Reply(250, "2.0.0", f"Ok: queued as {tx.queue_id}")
+
+    async def _late_received(self, tx: Transaction) -> Reply | None:
+        """Our Received: line in front of the spooled message, once the client's
+        reverse name is known or ``RECEIVED_WAIT`` has passed."""
+        assert tx.writer is not None
+        reverse = self.reverse
+        if reverse is not None and not reverse.cancelled():
+            try:
+                await asyncio.wait_for(asyncio.shield(reverse), RECEIVED_WAIT)
+            except Exception:  # noqa: BLE001 - time-out or a bug: the address alone, then
+                pass
+        received = self._received_header(tx)
+        try:
+            tx.writer.prepend(received)
+        except OSError as exc:
+            tx.writer.discard()
+            log_event(log, "spool error", client=self.client_address, error=str(exc),
+                      level=logging.ERROR)
+            return INSUFFICIENT_STORAGE if disk_full(exc) else LOCAL_ERROR
+        tx.received_length = len(received)
+        return None
 
     async def _judge(self, origin: OriginChecks, tx: Transaction) -> Reply | None:
         """SPF, DKIM and DMARC at the end of DATA: a refusal, or None with our
@@ -557,7 +620,8 @@ class Session:
         try:
             message = tx.writer.content(tx.received_length, origin.dkim_max_size)
             domains = {r.address.rpartition("@")[2].lower() for _, r in tx.recipients}
-            judgement = await origin.judge(tx.spf, message, domains)
+            judgement = await origin.judge(tx.spf, message, domains, reverse=self.reverse,
+                                           helo=self.helo_check)
         except OSError as exc:
             tx.writer.discard()
             log_event(log, "spool error", client=self.client_address, error=str(exc),
@@ -589,6 +653,42 @@ class Session:
                       action=verdict.action.value, reason=verdict.reason)
         return None
 
+    @property
+    def _signing(self) -> DKIMSigning | None:
+        """DKIM signing, for mail of an authenticated user or a trusted client."""
+        signing = self.ctx.signing
+        if signing is None:
+            return None
+        if self.account is not None or (self.trusted and signing.sign_trusted):
+            return signing
+        return None
+
+    async def _sign(self, signing: DKIMSigning, tx: Transaction) -> Reply | None:
+        """Sign with the active keys of the ``From:`` domain (receive/signing.py) and put
+        the DKIM-Signature fields in front of the spooled message; a refusal only
+        when the spool fails.  A failure of the signing itself is logged and the
+        message goes unsigned: the fault is ours, not the sender's."""
+        assert tx.writer is not None
+        if tx.header is None:
+            return None
+        signers = signing.signers(author_domains(tx.header.senders))
+        if not signers:
+            return None
+        try:
+            fields = await signing.sign(tx.writer, signers)
+            tx.writer.prepend(fields)
+        except OSError as exc:
+            tx.writer.discard()
+            log_event(log, "spool error", client=self.client_address, error=str(exc),
+                      level=logging.ERROR)
+            return INSUFFICIENT_STORAGE if disk_full(exc) else LOCAL_ERROR
+        except Exception as exc:  # noqa: BLE001 - a signing bug must not lose the message
+            log_event(log, "dkim signing failed", queue_id=tx.queue_id, error=repr(exc),
+                      level=logging.ERROR)
+            return None
+        tx.signed = ",".join(f"{s.selector}@{s.domain}" for s in signers)
+        return None
+
     def message_aborted(self, event: ev.MessageAborted) -> None:
         tx, self.tx = self.tx, None
         if tx is not None and tx.writer is not None:
@@ -607,6 +707,9 @@ class Session:
         """The connection is gone: drop what was not committed."""
         self.auth_cancelled()
         self.reset()
+        for task in (self.reverse, self.helo_check):
+            if task is not None:
+                task.cancel()
 
     # ----------------------------------------------------------- Received
 
@@ -622,11 +725,10 @@ class Session:
             proto = "SMTPS" if self.tls else "SMTP"
         if self.account is not None:
             proto += "A"     # RFC 3848 ESMTPA / ESMTPSA, RFC 6531 UTF8SMTPA / UTF8SMTPSA
-        ip = self.client_address
-        literal = f"[IPv6:{ip}]" if ":" in ip else f"[{ip}]"
+        info = tcp_info(self.client_address, ReverseDNS.settled(self.reverse))
         helo = _sanitize(core.helo_name or "unknown")
         lines = [
-            f"Received: from {helo} ({literal})",
+            f"Received: from {helo} ({info})",
             f"\tby {self.ctx.hostname} (Pillarbox) with {proto} id {tx.queue_id}",
         ]
         if self.tls:
