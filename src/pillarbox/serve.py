@@ -228,6 +228,7 @@ class Listeners:
     pop3s: list[socket.socket]
     submission: list[socket.socket] = field(default_factory=list)    # RFC 6409, STARTTLS
     submissions: list[socket.socket] = field(default_factory=list)   # RFC 8314, implicit TLS
+    mta_sts: list[socket.socket] = field(default_factory=list)   # RFC 8461 policy, HTTPS
 
     @classmethod
     def bind(cls, config: Config) -> Listeners:
@@ -237,11 +238,12 @@ class Listeners:
             bind_listeners(config.pop3.listen_tls),
             submission=bind_listeners(config.submission.listen),
             submissions=bind_listeners(config.submission.listen_tls),
+            mta_sts=bind_listeners(config.mta_sts.listen),
         )
 
     def all(self) -> list[socket.socket]:
         return [*self.smtp, *self.imap, *self.imaps, *self.pop3, *self.pop3s,
-                *self.submission, *self.submissions]
+                *self.submission, *self.submissions, *self.mta_sts]
 
 
 @dataclass(slots=True)
@@ -501,6 +503,15 @@ async def _worker_main(config: Config, listeners: Listeners, limiters: Limiters)
     mail_access = await _start_mail_access(config, listeners, limiters, store)
     servers += mail_access.servers
     servers += await _start_submission(config, listeners, ctx, cfg, mail_access, store, factory)
+    if listeners.mta_sts:
+        # Our own MTA-STS policy (RFC 8461 §3.3) at https://mta-sts.DOMAIN/.well-known/
+        # for each local domain; the [tls] certificate must name mta-sts.DOMAIN.
+        from pillarbox.net.mta_sts_server import our_policy, start_policy_server
+
+        directory = store.directory()
+        servers += await start_policy_server(
+            listeners.mta_sts, tls_context(config),
+            our_policy(config.mta_sts, config.server.hostname), directory.is_local_domain)
     stop = await _stop_event()
     while not stop.is_set():
         try:
@@ -725,13 +736,16 @@ def _announce(config: Config, listeners: Listeners, password: str | None,
                               ("IMAP", listeners.imap, "STARTTLS"),
                               ("IMAPS", listeners.imaps, "implicit TLS"),
                               ("POP3", listeners.pop3, "STLS"),
-                              ("POP3S", listeners.pop3s, "implicit TLS")):
+                              ("POP3S", listeners.pop3s, "implicit TLS"),
+                              ("MTA-STS", listeners.mta_sts, "HTTPS policy")):
         for sock in socks:
             lines.append(f"  {label + ':':<7} {where(sock)} ({how})")
     if config.smtp.trusted_networks:
         nets = ", ".join(str(n) for n in config.smtp.trusted_networks)
         lines.append(f"  relay without login from: {nets}")
-    lines.append(f"  workers: {workers} protocol worker(s) + 1 queue manager")
+    agents = config.delivery_agents
+    lines.append(f"  workers: {workers} protocol worker(s) + 1 queue manager"
+                 + (f" + {agents} delivery agent(s)" if agents else ""))
     if password is not None:
         lines.append(f"  demo account: {DEV_ACCOUNT}  password: {password}")
         if listeners.smtp:
