@@ -222,3 +222,13 @@ def test_received_names_the_verified_client_and_helo_checks(server_factory,
     assert _send_as(server, HOST)[0] == 250                  # loopback to loopback: ourselves
     code, text = _send_as(server, HOST, "127.0.0.2")
     assert code == 550 and b"5.7.1" in text
+
+
+def test_trusted_networks_are_not_judged(server_factory, dns: DNSServer) -> None:
+    server: Server = server_factory({
+        "server.hostname": HOST, "dns.nameservers": dns.nameserver,
+        "policy.spf": "tag", "policy.dmarc": "enforce",
+        "smtp.trusted_networks": "127.0.0.0/8",
+    }, accounts=("alice@example.test",), name="trusted")
+    code, _ = _send(server, "boss@forged.test", _message("boss@forged.test", "from-app"))
+    assert code == 250

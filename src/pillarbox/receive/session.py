@@ -363,8 +363,11 @@ class Session:
 
     @property
     def _origin(self) -> OriginChecks | None:
-        """The checks of who sent it, for mail from other servers (not our users')."""
-        if self.account is not None or self.submission:
+        """The checks of who sent it, for mail from other servers: not for our
+        users' mail, nor for clients of ``smtp.trusted_networks`` (our own
+        senders, or relays in front of us, whose address says nothing of the
+        author domain's servers)."""
+        if self.account is not None or self.submission or self.trusted:
             return None
         return self.ctx.origin
 
