@@ -11,6 +11,7 @@
     pillarbox alias add|list|remove …
     pillarbox queue list|show|retry|hold|release|delete|bounce|shape …
     pillarbox dkim keygen|rotate|activate|list|remove …   (outbound DKIM keys)
+    pillarbox reports send [--day YYYY-MM-DD] [--dry-run]   (DMARC and TLS-RPT reports)
     pillarbox mailbox list USER
     pillarbox mailbox import ADDRESS PATH [--format F] [--mailbox NAME] [--dry-run]
     pillarbox mailbox export ADDRESS PATH [--format maildir|mbox] [--mailbox NAME]...
@@ -49,6 +50,7 @@ from pillarbox.admin import commands
 from pillarbox.admin.commands import AdminError, InvalidName
 from pillarbox.admin.dns_cli import add_dns_commands
 from pillarbox.admin.dkim_cli import add_dkim_commands
+from pillarbox.admin.reports_cli import add_reports_commands
 from pillarbox.admin.queue_cli import add_queue_commands
 from pillarbox.admin.names import unicode_domain
 from pillarbox.config import Config, ConfigError, check_config, load_config
@@ -582,6 +584,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = group("dns", "the DNS records of a mail domain")
     add_dns_commands(g, leaf)     # pillarbox.admin.dns_cli
+
+    g = group("reports", "DMARC aggregate and TLS-RPT reports we send")
+    add_reports_commands(g, leaf)  # pillarbox.admin.reports_cli
 
     g = group("mailbox", "mailboxes of an account")
     p = leaf(g, "list", _cmd_mailbox_list, "list an account's mailboxes")

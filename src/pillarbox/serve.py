@@ -297,6 +297,9 @@ def _start(child: Child, config: Config, listeners: Listeners,
     except BaseException:  # noqa: BLE001 - report and leave the child
         log.exception("%s %d crashed", child.role, child.index)
     finally:
+        from pillarbox.reports.spool import flush_all
+
+        flush_all()          # the last minute of report counts (pillarbox.reports.spool)
         logging.shutdown()
         os._exit(code)
 
@@ -325,6 +328,7 @@ def _remote_delivery(config: Config):  # type: ignore[no-untyped-def]
     from pillarbox.deliver.mx import MXResolver
     from pillarbox.deliver.remote import RemoteDelivery
     from pillarbox.policy.dns import DNSResolver
+    from pillarbox.reports.tlsrpt import TLSRecorder
 
     dns = config.dns
     validating = config.delivery.dane_resolver
@@ -336,9 +340,11 @@ def _remote_delivery(config: Config):  # type: ignore[no-untyped-def]
     mta_sts = MTASTS.from_config(config.delivery, DNSResolver(
         list(dns.nameservers) or None, timeout=dns.timeout), config.server.data_dir)
     dane = DANE(ValidatingResolver([validating], timeout=dns.timeout)) if validating else None
-    return RemoteDelivery.from_config(config.delivery, resolver,
-                                      helo_name=config.server.hostname, mta_sts=mta_sts,
-                                      dane=dane)
+    remote = RemoteDelivery.from_config(config.delivery, resolver,
+                                        helo_name=config.server.hostname, mta_sts=mta_sts,
+                                        dane=dane)
+    remote.tls_report = TLSRecorder.in_data_dir(config.server.data_dir)   # TLS-RPT counts
+    return remote
 
 
 def _origin_checks(config: Config):  # type: ignore[no-untyped-def]
@@ -350,6 +356,7 @@ def _origin_checks(config: Config):  # type: ignore[no-untyped-def]
     from pillarbox.policy.rdns import HeloCheck, HeloOutcome
     from pillarbox.policy.spf import SPFCheck
     from pillarbox.receive.origin import OriginChecks
+    from pillarbox.reports.dmarc import DMARCRecorder
 
     policy = config.policy
     if (policy.spf == "off" and not policy.dkim and policy.dmarc == "off"
@@ -373,6 +380,7 @@ def _origin_checks(config: Config):  # type: ignore[no-untyped-def]
         spf_defer_temperror=policy.spf_defer_temperror,
         dkim=VerifyPolicy() if policy.dkim else None, dkim_max_size=policy.dkim_max_size,
         dmarc=dmarc,
+        reports=DMARCRecorder.in_data_dir(config.server.data_dir) if dmarc else None,
         helo=HeloCheck(resolver, hostname, reject=HeloOutcome.parse(policy.helo_reject))
         if policy.helo != "off" else None,
     )
@@ -407,6 +415,7 @@ def _agent_socket(config: Config) -> Path:
 async def _queue_main(config: Config) -> int:
     from pillarbox.deliver.agent import AgentPool
     from pillarbox.queue.manager import QueueManager
+    from pillarbox.reports.job import ReportJob
 
     store = SQLiteStore(config.server.data_dir)
     if config.delivery_agents:
@@ -419,9 +428,11 @@ async def _queue_main(config: Config) -> int:
     manager = QueueManager.from_config(store, config, remote=remote)
     stop = await _stop_event()
     task = asyncio.create_task(manager.run())
+    reports = asyncio.create_task(ReportJob.from_config(store, config).run_daily(stop))
     await stop.wait()
     manager.stop()
     await task
+    await reports
     await remote.close()
     store.close()
     return 0
@@ -677,22 +688,30 @@ def _preload() -> None:
     import dns.rdataclass
     import dns.rdatatype
 
-    import pillarbox.access.imap.session  # noqa: F401
-    import pillarbox.deliver.mx  # noqa: F401
-    import pillarbox.deliver.remote  # noqa: F401
-    import pillarbox.queue.report  # noqa: F401
-    import pillarbox.access.pop3  # noqa: F401
-    import pillarbox.auth.service  # noqa: F401
-    import pillarbox.net.imap  # noqa: F401
-    import pillarbox.net.pop3  # noqa: F401
-    import pillarbox.net.smtp  # noqa: F401
-    import pillarbox.queue.ipc  # noqa: F401
-    import pillarbox.queue.manager  # noqa: F401
-    import pillarbox.receive.session  # noqa: F401
-    import pillarbox.store.sqlite.sendas  # noqa: F401
+    import base64  # noqa: F401
+    import gzip  # noqa: F401
+    import importlib
+    import pkgutil
+    import xml.etree.ElementTree  # noqa: F401
+
+    import pillarbox
+
+    # Every module of ours, so that none is first imported after the drop
+    # (the children import much of what they use lazily, in the function
+    # that needs it).
+    for info in pkgutil.walk_packages(pillarbox.__path__, "pillarbox."):
+        if info.name == "pillarbox.__main__":
+            continue
+        importlib.import_module(info.name)
+
+    # The data the children read: the shipped Public Suffix List is read by
+    # each worker at start and kept (policy.public_suffix_list may name another).
+    from pillarbox.policy.psl import PublicSuffixList
+    PublicSuffixList.load()
 
     # dnspython imports the class of each record type when it first parses one.
-    for rdtype in ("MX", "A", "AAAA", "CNAME", "SOA", "NS", "PTR", "TXT"):
+    for rdtype in ("MX", "A", "AAAA", "CNAME", "SOA", "NS", "PTR", "TXT", "TLSA", "DS",
+                   "DNSKEY", "RRSIG", "NSEC", "NSEC3"):
         dns.rdata.get_rdata_class(dns.rdataclass.IN, dns.rdatatype.from_text(rdtype))
     try:
         import uvloop  # noqa: F401

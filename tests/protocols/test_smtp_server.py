@@ -185,6 +185,8 @@ EHLO_REPLY = (
     b"250 HELP\r\n"
 )
 EHLO_REPLY_TLS = EHLO_REPLY.replace(b"250 HELP\r\n", b"250-STARTTLS\r\n250 HELP\r\n")
+# Under TLS: no STARTTLS, and REQUIRETLS (RFC 8689 2), offered only there.
+EHLO_REPLY_UNDER_TLS = EHLO_REPLY.replace(b"250-DSN\r\n", b"250-DSN\r\n250-REQUIRETLS\r\n")
 HELO_REPLY = b"250 mx.test Hello client.test\r\n"
 R_OK = b"250 2.0.0 Ok\r\n"
 R_MAIL = b"250 2.1.0 Ok\r\n"
@@ -269,7 +271,7 @@ def test_ehlo_offers_starttls_when_available() -> None:
 
 def test_ehlo_does_not_offer_starttls_when_tls_is_already_active() -> None:
     session = Session(tls_available=True, tls_active=True)
-    assert session.feed(EHLO) == GREETING + EHLO_REPLY
+    assert session.feed(EHLO) == GREETING + EHLO_REPLY_UNDER_TLS
 
 
 def test_ehlo_size_shows_the_configured_limit() -> None:
@@ -1280,7 +1282,7 @@ def test_starttls() -> None:
     assert session.feed(MAIL) == (
         b"503 5.5.1 Bad sequence of commands: send HELO/EHLO first, or RSET\r\n"
     )
-    assert session.feed(EHLO) == EHLO_REPLY
+    assert session.feed(EHLO) == EHLO_REPLY_UNDER_TLS
     assert session.feed(b"STARTTLS\r\n") == R_TLS_ACTIVE
     assert session.feed(MAIL, RCPT, DATA, b"x\r\n.\r\n") == R_MAIL + R_RCPT + R_354 + R_QUEUED
 
@@ -1295,7 +1297,7 @@ def test_starttls_discards_what_was_pipelined_after_it() -> None:
     session = ready(tls_available=True)
     assert session.feed(b"STARTTLS\r\nMAIL FROM:<evil@example.test>\r\n") == R_TLS_READY
     assert session.of(ev.MailFrom) == []
-    assert session.feed(EHLO) == EHLO_REPLY
+    assert session.feed(EHLO) == EHLO_REPLY_UNDER_TLS
 
 
 def test_data_fed_before_the_handshake_is_discarded() -> None:
@@ -1306,13 +1308,13 @@ def test_data_fed_before_the_handshake_is_discarded() -> None:
     assert session.conn.next_event() is ev.PAUSED
     session.conn.tls_established()
     assert session.feed(b"") == b""
-    assert session.feed(EHLO) == EHLO_REPLY
+    assert session.feed(EHLO) == EHLO_REPLY_UNDER_TLS
     assert session.of(ev.Hello) == [ev.Hello("EHLO", "client.test")] * 2
 
 
 def test_starttls_before_ehlo_is_allowed() -> None:
     session = Session(tls_available=True)
-    assert session.feed(b"STARTTLS\r\n", EHLO) == GREETING + R_TLS_READY + EHLO_REPLY
+    assert session.feed(b"STARTTLS\r\n", EHLO) == GREETING + R_TLS_READY + EHLO_REPLY_UNDER_TLS
 
 
 def test_starttls_unavailable_is_454() -> None:

@@ -62,7 +62,8 @@ def message_to_json(message: OutboundMessage) -> dict[str, Any]:
         "queue_id": message.queue_id, "reverse_path": message.reverse_path,
         "recipients": [asdict(r) for r in message.recipients], "size": message.size,
         "body": message.body, "smtputf8": message.smtputf8, "dsn_ret": message.dsn_ret,
-        "dsn_envid": message.dsn_envid,
+        "dsn_envid": message.dsn_envid, "requiretls": message.requiretls,
+        "tls_required_no": message.tls_required_no,
     }
 
 
@@ -73,7 +74,8 @@ def message_from_json(obj: dict[str, Any],
         recipients=tuple(OutboundRecipient(**r) for r in obj["recipients"]),
         size=obj["size"], open_body=functools.partial(open_message, obj["queue_id"]),
         body=obj["body"], smtputf8=obj["smtputf8"], dsn_ret=obj["dsn_ret"],
-        dsn_envid=obj["dsn_envid"],
+        dsn_envid=obj["dsn_envid"], requiretls=bool(obj.get("requiretls")),
+        tls_required_no=bool(obj.get("tls_required_no")),
     )
 
 

@@ -37,6 +37,8 @@ class OutboundMessage:
     smtputf8: bool = False       # RFC 6531: the envelope or headers need SMTPUTF8
     dsn_ret: str | None = None   # RFC 3461 RET: "FULL" / "HDRS"
     dsn_envid: str | None = None  # RFC 3461 ENVID, as received (xtext decoded)
+    requiretls: bool = False     # RFC 8689 4.2.1: only verified TLS, to a REQUIRETLS next hop
+    tls_required_no: bool = False  # RFC 8689 4.2.2: "TLS-Required: No", policies not enforced
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,26 @@ nor MTA-STS decides for such a host (RFC 8461 §2), and an MTA-STS
 SERVFAIL) defers the domain (MX) or skips the host (its addresses, TLSA).
 Domains in ``tls_policies`` and the relay host are not subject to DANE.
 
+REQUIRETLS (RFC 8689 §4.2.1): a message received with it goes only to an MX
+host validated by DNSSEC (the domain's MX RRset secure, as DANE sees it) or
+by an MTA-STS policy (``enforce`` or ``testing``) that lists it, over TLS
+with a certificate valid for the MX host name (or matching its TLSA records
+under DANE), to a server that offers REQUIRETLS in its EHLO reply under TLS,
+and with REQUIRETLS on MAIL FROM.  The relay host counts as validated (the
+operator named it) and needs the same TLS and REQUIRETLS.  These lookups are
+made even for a domain in ``tls_policies``.  Nothing falls back to plaintext
+or to an unverified certificate, no idle connection is reused for such a
+message, and what fails is permanent: ``550 5.7.30`` (no validated MX host,
+or REQUIRETLS not offered) or ``550 5.7.10`` (no TLS as required), so the
+sender gets a report at once (which itself carries REQUIRETLS, RFC 8689 §5,
+``pillarbox.queue.report``).  A connection failure is transient as always.
+
+``TLS-Required: No`` (RFC 8689 §4.2.2, a message without REQUIRETLS): DANE,
+MTA-STS and the domain's TLS policy are not enforced; STARTTLS is still used
+where offered, any certificate, with the fallback to plaintext of ``may``
+(a domain configured ``none`` stays without TLS).  The relay host keeps its
+own TLS setting.
+
 Connections: at most ``per_destination`` in use per destination and
 ``total`` in all; an idle connection is kept ``idle_seconds`` and carries the
 next message to the same destination after an RSET.  A slow destination
@@ -80,6 +100,7 @@ from pillarbox.protocols.smtp.client import (
 
 if TYPE_CHECKING:
     from pillarbox.config import DeliveryConfig
+    from pillarbox.reports.tlsrpt import TLSRecorder
 
 __all__ = ["RelayHost", "RemoteDelivery", "RouteResolver", "TLSPolicy"]
 
@@ -212,6 +233,7 @@ class RemoteDelivery:
         self.use_chunking = use_chunking
         self.mta_sts = mta_sts
         self.dane = dane
+        self.tls_report: TLSRecorder | None = None   # TLS-RPT counts (RFC 8460), set by serve
         self._total = asyncio.Semaphore(total)
         self._destinations: dict[str, _Destination] = {}
         self._contexts: dict[bool, ssl.SSLContext] = {}
@@ -302,7 +324,11 @@ class RemoteDelivery:
     # ------------------------------------------------------------- delivery
 
     async def _deliver(self, dest: _Destination, domain: str, message: OutboundMessage) -> Delivery:
-        while dest.idle:
+        requiretls = message.requiretls
+        # RFC 8689 4.2.2: the sender asked that no recipient-side TLS policy hold it up.
+        relaxed = message.tls_required_no and not requiretls
+        # An idle connection may be plaintext or unverified: REQUIRETLS opens its own.
+        while dest.idle and not requiretls:
             client, timer = dest.idle.pop()
             timer.cancel()
             if client.closed:
@@ -325,6 +351,8 @@ class RemoteDelivery:
                 raise
 
         policy = self._policy(domain)
+        if relaxed and self.relay is None and policy is not TLSPolicy.NONE:
+            policy = TLSPolicy.MAY
         route: _Route
         sts: CachedPolicy | None = None
         testing: CachedPolicy | None = None     # a testing policy: report, do not enforce
@@ -360,12 +388,13 @@ class RemoteDelivery:
                 return self._all(message, "failed", why)
             route = _HostList(domain, tuple(_Host(h.name, h.preference, h.addresses)
                                               for h in hosts))
-            dane, why = await self._dane(domain, route.hosts, port)
+            dane, why = ({}, None) if relaxed else await self._dane(
+                domain, route.hosts, port, force=requiretls)
             if why is not None:
                 log_event(log, "attempt", queue_id=message.queue_id, domain=domain,
                           result="deferred", reply=why, level=logging.WARNING)
                 return self._all(message, "deferred", why)
-            sts = await self._mta_sts(domain)
+            sts = None if relaxed else await self._mta_sts(domain, force=requiretls)
             if sts is not None:
                 allowed = tuple(h for h in route.hosts if sts.policy.allows(h.name)
                                 or _dane_of(dane, h.name) is not None)
@@ -382,12 +411,24 @@ class RemoteDelivery:
                     route, policy = _HostList(domain, allowed), TLSPolicy.VERIFY
                 else:
                     testing = sts
+            if requiretls:
+                validated = tuple(h for h in route.hosts if _mx_validated(h.name, dane, sts))
+                if not validated:
+                    why = (f"550 5.7.30 REQUIRETLS support required: no MX host of {domain} "
+                           f"({', '.join(h.name for h in route.hosts)}) is validated by DNSSEC "
+                           "or by an MTA-STS policy (RFC 8689 4.2.1)")
+                    log_event(log, "attempt", queue_id=message.queue_id, domain=domain,
+                              result="failed", reply=why, level=logging.WARNING)
+                    return self._all(message, "failed", why)
+                route = _HostList(domain, validated)
 
         errors: list[_TryNext] = []
         for host in route.hosts:
             host_dane = _dane_of(dane, host.name)
             if host_dane is not None and host_dane.mode == "failed":
                 errors.append(_TryNext(host_dane.reply))
+                if (report := self._tls_report(domain)) is not None:
+                    report.failure(domain, host.name, "", host_dane.reply, dane=host_dane)
                 log_event(log, "attempt", queue_id=message.queue_id, domain=domain,
                           mx=host.name, result="next", reply=host_dane.reply,
                           level=logging.INFO)
@@ -396,17 +437,29 @@ class RemoteDelivery:
                 started = time.monotonic()
                 try:
                     client = await self._open(host.name, address, port, policy, testing,
-                                              host_dane)
+                                              host_dane, requiretls=requiretls)
                 except _TryNext as exc:
-                    if exc.tls and sts is not None and sts.policy.mode is Mode.ENFORCE \
+                    if exc.tls and requiretls:
+                        # RFC 8689 4.2.1: no plaintext, no other certificate, no retry.
+                        exc = _TryNext(f"550 5.7.10 REQUIRETLS: no TLS as required with "
+                                       f"{host.name} (RFC 8689 4.2.1): {exc.reply}",
+                                       permanent=True, tls=True)
+                    elif exc.tls and sts is not None and sts.policy.mode is Mode.ENFORCE \
                             and host_dane is None:
                         exc = _TryNext(tls_refused(sts, host.name, exc.reply), tls=True)
                     errors.append(exc)
+                    if exc.tls and (report := self._tls_report(domain)) is not None:
+                        report.failure(domain, host.name, address, exc.reply, sts=sts,
+                                       dane=host_dane)
                     log_event(log, "attempt", queue_id=message.queue_id, domain=domain,
                               mx=host.name, address=address, port=port, result="next",
                               reply=exc.reply, seconds=round(time.monotonic() - started, 3),
                               level=logging.INFO)
                     continue
+                if (report := self._tls_report(domain)) is not None:
+                    report.session(domain, host.name, address, tls=client.tls is not None,
+                                   verified=bool(client.tls and client.tls.verified),
+                                   sts=sts, dane=host_dane)
                 try:
                     return await self._transaction(dest, client, domain, message,
                                                    reused=False, started=started)
@@ -436,11 +489,12 @@ class RemoteDelivery:
                 addresses = ()
         return _HostList(domain, (_Host(relay.host, 0, addresses),))
 
-    async def _dane(self, domain: str, hosts: Sequence[_MXHost], port: int
-                    ) -> tuple[dict[str, DANEPolicy], str | None]:
+    async def _dane(self, domain: str, hosts: Sequence[_MXHost], port: int, *,
+                    force: bool = False) -> tuple[dict[str, DANEPolicy], str | None]:
         """The DANE policy of each MX host (RFC 7672 §2.2), or the reply that
-        defers the domain: its MX lookup failed DNSSEC (bogus, SERVFAIL)."""
-        if self.dane is None or domain.lower().rstrip(".") in self.tls_policies:
+        defers the domain: its MX lookup failed DNSSEC (bogus, SERVFAIL).
+        ``force``: also for a domain in ``tls_policies`` (REQUIRETLS)."""
+        if self.dane is None or (not force and domain.lower().rstrip(".") in self.tls_policies):
             return {}, None
         try:
             security = await self.dane.domain(domain)
@@ -451,10 +505,12 @@ class RemoteDelivery:
             log.error("DANE lookup for %s failed", domain, exc_info=exc)
             return {}, f"451 4.3.0 DANE lookup for {domain} failed: {exc!r}"
 
-    async def _mta_sts(self, domain: str) -> CachedPolicy | None:
+    async def _mta_sts(self, domain: str, *, force: bool = False) -> CachedPolicy | None:
         """The MTA-STS policy to apply to ``domain``: none for a domain whose TLS
-        policy is configured (the operator's word wins) or in mode ``none``."""
-        if self.mta_sts is None or domain.lower().rstrip(".") in self.tls_policies:
+        policy is configured (the operator's word wins, unless ``force``: the
+        MX validation of REQUIRETLS) or in mode ``none``."""
+        if self.mta_sts is None or (not force
+                                    and domain.lower().rstrip(".") in self.tls_policies):
             return None
         try:
             sts = await self.mta_sts.lookup(domain)
@@ -462,6 +518,13 @@ class RemoteDelivery:
             log.error("MTA-STS lookup for %s failed", domain, exc_info=exc)
             return None
         return sts if sts is not None and sts.policy.mode is not Mode.NONE else None
+
+    def _tls_report(self, domain: str) -> TLSRecorder | None:
+        """Where to count TLS-RPT sessions (RFC 8460): not for the relay host or a
+        domain whose TLS policy the operator configured (their choice, not the domain's)."""
+        if self.relay is not None or domain.lower().rstrip(".") in self.tls_policies:
+            return None
+        return self.tls_report
 
     def _policy(self, domain: str) -> TLSPolicy:
         if self.relay is not None:
@@ -483,12 +546,18 @@ class RemoteDelivery:
 
     async def _open(self, name: str, address: str, port: int, policy: TLSPolicy,
                     testing: CachedPolicy | None = None,
-                    dane: DANEPolicy | None = None) -> SMTPClient:
+                    dane: DANEPolicy | None = None, *, requiretls: bool = False) -> SMTPClient:
         """A session ready for MAIL on ``address``, or :class:`_TryNext`.  With a
         ``testing`` MTA-STS policy the certificate is checked first, and a failure
         is logged, then the connection made again as ``policy`` says.  Under
-        ``dane`` TLS is mandatory and the chain is checked by DANE alone."""
-        if dane is not None:
+        ``dane`` TLS is mandatory and the chain is checked by DANE alone.
+        ``requiretls`` (RFC 8689 4.2.1): TLS with a certificate verified for
+        ``name``, or matched by DANE records, and REQUIRETLS offered under it."""
+        if requiretls:
+            matched = dane is not None and dane.mode == "verify"
+            policy = TLSPolicy.ENCRYPT if matched else TLSPolicy.VERIFY
+            testing = None
+        elif dane is not None:
             policy, testing = TLSPolicy.ENCRYPT, None
         relay = self.relay
         implicit = relay is not None and relay.implicit_tls
@@ -514,8 +583,11 @@ class RemoteDelivery:
                     raise _TryNext(reply.quote(), permanent=reply.is_permanent)
                 if try_tls and client.extensions.starttls:
                     try:
-                        reply = await client.starttls(self._context(verify),
-                                                      dane.server_name if dane else name)
+                        # A verified certificate must name the MX host (RFC 8689
+                        # 4.2.1); DANE's SNI is its TLSA base domain (RFC 7672 8.1).
+                        reply = await client.starttls(
+                            self._context(verify),
+                            dane.server_name if dane and not verify else name)
                     except SessionFailed as exc:
                         if exc.kind == "tls" and testing is not None and verify \
                                 and policy is not TLSPolicy.VERIFY:
@@ -523,6 +595,9 @@ class RemoteDelivery:
                             log_event(log, "sts testing", mx=name, address=address,
                                       domain=testing.domain, id=testing.id,
                                       error=exc.detail, level=logging.WARNING)
+                            if self.tls_report is not None:    # RFC 8460: a failure all the same
+                                self.tls_report.failure(testing.domain, name, address,
+                                                        exc.detail, sts=testing)
                             verify = False
                             continue
                         if exc.kind == "tls" and policy is TLSPolicy.MAY:
@@ -544,6 +619,11 @@ class RemoteDelivery:
                     await client.quit()
                     raise _TryNext(f"450 4.7.4 TLS is required, but {where} did not offer "
                                    f"it{refused}", tls=True)
+                if requiretls and not client.extensions.requiretls:
+                    await client.quit()
+                    raise _TryNext(f"550 5.7.30 REQUIRETLS support required: {where} does "
+                                   "not offer REQUIRETLS under TLS (RFC 8689 4.2.1)",
+                                   permanent=True)
                 if relay is not None and relay.username:
                     await self._authenticate(client, relay, where)
                 return client
@@ -673,7 +753,7 @@ class RemoteDelivery:
             message.reverse_path,
             tuple(Recipient(r.address, r.notify, r.orcpt) for r in message.recipients),
             size=size, body=body if body == "8BITMIME" else None, smtputf8=smtputf8,
-            ret=message.dsn_ret, envid=message.dsn_envid)
+            ret=message.dsn_ret, envid=message.dsn_envid, requiretls=message.requiretls)
         content = _chunks(converted) if converted is not None else _read(message.open_body)
         try:
             tx = await client.send(envelope, content)
@@ -751,6 +831,16 @@ class RemoteDelivery:
             else f"{first[:1] or '4'}.0.0"
         return Delivery(tuple(Outcome(r.idx, result, reply, status, mta)
                               for r in message.recipients), tls)
+
+
+def _mx_validated(host: str, dane: Mapping[str, DANEPolicy], sts: CachedPolicy | None) -> bool:
+    """RFC 8689 4.2.1: the MX host comes from a DNSSEC-validated MX RRset (DANE
+    has a policy for each host of a secure RRset; ``failed`` is not validated),
+    or an MTA-STS policy (``enforce`` or ``testing``) lists it (RFC 8461 4.1)."""
+    found = dane.get(host.lower().rstrip("."))
+    if found is not None and found.mode != "failed":
+        return True
+    return sts is not None and sts.policy.mode is not Mode.NONE and sts.policy.allows(host)
 
 
 def _dane_of(policies: Mapping[str, DANEPolicy], host: str) -> DANEPolicy | None:

@@ -76,6 +76,9 @@ class Rule:
         return ("!" if self.exception else "") + ("*." if self.wildcard else "") + self.name
 
 
+_shipped: PublicSuffixList | None = None    # the shipped list, once read
+
+
 class PublicSuffixList:
     """A parsed list with the matching algorithm; build it with :meth:`load` or :meth:`parse`."""
 
@@ -130,23 +133,37 @@ class PublicSuffixList:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None) -> PublicSuffixList:
-        """Read the list at ``path`` (a configured file), or the shipped copy when None."""
+        """Read the list at ``path`` (a configured file), or the shipped copy when None
+        (read once per process, and kept: ``serve`` reads it before the children
+        drop privileges, and they inherit it)."""
         if path is None:
-            ref = resources.files("pillarbox.policy").joinpath(SHIPPED)
-            source = str(ref)
-            try:
-                data = ref.read_bytes()
-            except OSError as e:
-                raise PSLError(f"public suffix list {source} (shipped with Pillarbox) "
-                               f"cannot be read: {e.strerror or e}") from None
-        else:
-            source = os.fspath(path)
-            try:
-                with open(source, "rb") as f:
-                    data = f.read()
-            except OSError as e:
-                raise PSLError(f"public suffix list {source} cannot be read: "
-                               f"{e.strerror or e}") from None
+            global _shipped
+            if _shipped is not None:
+                return _shipped
+            _shipped = cls._load_shipped()
+            return _shipped
+        source = os.fspath(path)
+        try:
+            with open(source, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise PSLError(f"public suffix list {source} cannot be read: "
+                           f"{e.strerror or e}") from None
+        return cls._decode(data, source)
+
+    @classmethod
+    def _load_shipped(cls) -> PublicSuffixList:
+        ref = resources.files("pillarbox.policy").joinpath(SHIPPED)
+        source = str(ref)
+        try:
+            data = ref.read_bytes()
+        except OSError as e:
+            raise PSLError(f"public suffix list {source} (shipped with Pillarbox) "
+                           f"cannot be read: {e.strerror or e}") from None
+        return cls._decode(data, source)
+
+    @classmethod
+    def _decode(cls, data: bytes, source: str) -> PublicSuffixList:
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as e:

@@ -72,7 +72,8 @@ class Ledger:
         if not chosen:
             return
         message = Message(entry.id, entry.reverse_path, entry.arrived, entry.dsn_ret,
-                          entry.dsn_envid, tuple(r.address for r in entry.recipients))
+                          entry.dsn_envid, tuple(r.address for r in entry.recipients),
+                          entry.requiretls)
         try:
             original = work.original(entry.id, header_only=entry.dsn_ret != "FULL")
         except (OSError, NotFound) as exc:

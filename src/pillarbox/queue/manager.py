@@ -396,6 +396,8 @@ class QueueManager:
             smtputf8=entry.smtputf8,
             dsn_ret=entry.dsn_ret,
             dsn_envid=entry.dsn_envid,
+            requiretls=entry.requiretls,
+            tls_required_no=entry.tls_required_no,
         )
         return Unit(domain, message, polled)
 

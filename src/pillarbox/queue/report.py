@@ -70,6 +70,7 @@ class Message:
     dsn_ret: str | None
     dsn_envid: str | None
     recipients: tuple[str, ...]  # every forward path of the entry
+    requiretls: bool = False     # sent with REQUIRETLS: so is its report (RFC 8689 5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +129,13 @@ def explain(message: Message, events: list[Event], reporting_mta: str,
                 "- The receiving side refused it for good: check the address for typing",
                 "  mistakes, or reach the recipient another way and ask what address to use.",
                 "  The reply above often says what was wrong.",
+            ]
+        if any(e.status in ("5.7.30", "5.7.10") for e in failed) and message.requiretls:
+            lines += [
+                "- Your message asked for REQUIRETLS (RFC 8689): it may travel only over",
+                "  verified TLS to servers that promise the same, and the path to the",
+                "  recipient's domain did not offer that. Send it again without REQUIRETLS",
+                "  if it may travel less protected, or ask the recipient's mail administrator.",
             ]
         if any(e.status.startswith("4") for e in failed):
             lines += [
@@ -223,5 +231,8 @@ def build_report(
         # 7-bit, but for a returned message/global (RFC 6533), which needs both.
         body=None if data.isascii() else "8BITMIME",
         smtputf8=not to.isascii() or not data.isascii(),
+        # RFC 8689 5: the report holds the message's header, so it is protected
+        # as the message was.
+        requiretls=message.requiretls,
     )
     return Report(envelope, data)

@@ -29,7 +29,7 @@ import asyncio
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from pillarbox.log import log_event
 from pillarbox.policy.authres import AuthenticationResults, MethodResult, remove_ours
@@ -42,6 +42,9 @@ from pillarbox.policy.spf import SPFCheck, SPFResult
 from pillarbox.policy.verdict import Action, Verdict
 from pillarbox.policy.arc import ChainStatus
 from pillarbox.receive.arc_seal import validate_incoming
+
+if TYPE_CHECKING:
+    from pillarbox.reports.dmarc import DMARCRecorder
 
 __all__ = ["OriginChecks", "Judgement"]
 
@@ -82,6 +85,7 @@ class OriginChecks:
     dkim_max_size: int = 16 * 1024 * 1024
     dmarc: DMARCCheck | None = None
     helo: HeloCheck | None = None
+    reports: DMARCRecorder | None = None   # counts for DMARC aggregate reports (pillarbox.reports)
 
     def strip(self, header_block: bytes) -> bytes:
         """The header block without fields claiming our authserv-id (RFC 8601 §5)."""
@@ -148,6 +152,8 @@ class OriginChecks:
             methods.append(dmarc.method_result())
             if v.action is not Action.ACCEPT:
                 verdict = v
+        if self.reports is not None and dmarc is not None:
+            self.reports.record(dmarc, self.client_ip(spf, iprev), spf, dkim_results, verdict)
         return Judgement(verdict, self._header(methods), spf, dkim_results, dmarc, iprev,
                          helo_result)
 

@@ -557,6 +557,7 @@ class Session:
             if failed is not None:
                 return failed
         params = tx.params
+        requiretls = bool(getattr(params, "requiretls", False))
         envelope = Envelope(
             reverse_path=_path_text(tx.reverse_path),
             recipients=tuple(r for _, r in tx.recipients),
@@ -567,6 +568,9 @@ class Session:
             dsn_ret=getattr(params, "ret", None),
             dsn_envid=getattr(params, "envid", None),
             quarantine=tx.quarantine,
+            # RFC 8689 4.1: tagged at receipt; with REQUIRETLS the header field is ignored.
+            requiretls=requiretls,
+            tls_required_no=event.tls_required_no and not requiretls,
         )
         started = time.monotonic()
         try:
@@ -591,6 +595,8 @@ class Session:
             added=",".join(tx.header.added) if tx.header and tx.header.added else None,
             dkim=tx.signed or None,
             tls=self.tls[0] if self.tls else None,
+            requiretls="yes" if envelope.requiretls else (
+                "TLS-Required: No" if envelope.tls_required_no else None),
             ms=round((time.monotonic() - started) * 1000, 1), status="queued",
         )
         return Reply(250, "2.0.0", f"Ok: queued as {tx.queue_id}")

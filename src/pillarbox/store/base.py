@@ -52,6 +52,8 @@ class Envelope:
     dsn_ret: str | None = None
     dsn_envid: str | None = None
     quarantine: bool = False     # a policy check (DMARC) said: into Junk, not INBOX
+    requiretls: bool = False     # MAIL FROM ... REQUIRETLS (RFC 8689 4.1)
+    tls_required_no: bool = False   # "TLS-Required: No" and no REQUIRETLS (RFC 8689 4.1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +89,8 @@ class QueueEntry:
     dsn_envid: str | None
     recipients: tuple[RecipientState, ...]
     quarantine: bool = False
+    requiretls: bool = False     # RFC 8689: see Envelope
+    tls_required_no: bool = False
 
 
 @dataclass(frozen=True, slots=True)

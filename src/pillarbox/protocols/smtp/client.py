@@ -20,8 +20,8 @@ What the core owns:
 - the service extensions (EHLO, falling back to HELO on a 5xx, RFC 5321
   §3.2): SIZE (RFC 1870), 8BITMIME (RFC 6152), SMTPUTF8 (RFC 6531), DSN
   (RFC 3461), CHUNKING (RFC 3030), ENHANCEDSTATUSCODES (RFC 2034), STARTTLS
-  (RFC 3207) and AUTH (RFC 4954).  Parameters are only sent to a server that
-  offered their extension;
+  (RFC 3207), AUTH (RFC 4954) and REQUIRETLS (RFC 8689, only under TLS).
+  Parameters are only sent to a server that offered their extension;
 - content framing: DATA with dot-stuffing (RFC 5321 §4.5.2) and every bare CR
   or LF made a CRLF (RFC 5321 §2.3.8 forbids sending them), or BDAT chunks.
 
@@ -130,6 +130,7 @@ class Envelope:
     smtputf8: bool = False        # RFC 6531 §3.4
     ret: str | None = None        # "FULL" / "HDRS" (RFC 3461 §4.3)
     envid: str | None = None      # decoded; sent as xtext (RFC 3461 §4.4)
+    requiretls: bool = False      # RFC 8689 §4.2.1: MAIL FROM … REQUIRETLS, under TLS only
 
 
 # ------------------------------------------------------------------- SASL
@@ -467,6 +468,11 @@ class SMTPClientConnection:
                 raise LocalClientError("the message needs SMTPUTF8 and the server does "
                                        "not offer it (RFC 6531 3.5)")
             params.append("SMTPUTF8")
+        if env.requiretls:
+            if not self.tls_active or not ext.requiretls:
+                raise LocalClientError("the message needs REQUIRETLS and the server does not "
+                                       "offer it under TLS (RFC 8689 4.2.1)")
+            params.append("REQUIRETLS")
         if ext.dsn:
             if env.ret:
                 params.append(f"RET={_word(env.ret.upper(), 'RET')}")

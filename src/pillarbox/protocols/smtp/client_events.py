@@ -141,6 +141,11 @@ class Extensions:
         return self.has("STARTTLS")
 
     @property
+    def requiretls(self) -> bool:
+        """RFC 8689 §2; counts only in the EHLO reply under TLS."""
+        return self.has("REQUIRETLS")
+
+    @property
     def size(self) -> int | None:
         """SIZE's limit (RFC 1870 §4): 0 is no fixed limit; None: SIZE not offered."""
         if not self.has("SIZE"):

@@ -57,9 +57,11 @@ class MessageData:
 
 @dataclass(frozen=True, slots=True)
 class MessageEnd:
-    """The whole message arrived intact: waits for ``respond()`` (250 only once safe)."""
+    """The whole message arrived intact: waits for ``respond()`` (250 only once safe).
+    ``tls_required_no``: its header has one ``TLS-Required: No`` field (RFC 8689 §3)."""
 
     size: int
+    tls_required_no: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,8 @@ Syntax (RFC 5321 §4.1.2, widened for UTF-8 by RFC 6531 §3.3)::
 The parameters Pillarbox offers:
 
 - MAIL: ``SIZE`` (RFC 1870), ``BODY=7BIT|8BITMIME`` (RFC 6152), ``SMTPUTF8``
-  (RFC 6531), ``RET`` and ``ENVID`` (DSN, RFC 3461 §4.3-4.4).
+  (RFC 6531), ``RET`` and ``ENVID`` (DSN, RFC 3461 §4.3-4.4), ``REQUIRETLS``
+  (RFC 8689 §2, only where offered: under TLS).
 - RCPT: ``NOTIFY`` and ``ORCPT`` (DSN, RFC 3461 §4.1-4.2; the ``utf-8``
   address type of RFC 6533 §3).
 
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pillarbox.protocols.smtp.reply import MESSAGE_TOO_BIG, RemoteProtocolError, Reply
 
 __all__ = [
+    "REQUIRETLS_NEEDS_TLS",
     "MailParams",
     "RcptParams",
     "parse_mail_params",
@@ -60,6 +62,12 @@ NOTIFY_VALUES = ("SUCCESS", "FAILURE", "DELAY")  # canonical order; NEVER stands
 
 Params = list[tuple[str, str | None]]
 
+# RFC 8689 §2 offers REQUIRETLS only in the EHLO reply under TLS, and says
+# nothing of a MAIL that carries it without; RFC 3207's 530 with 5.7.10
+# ("Encryption needed", RFC 5248) tells the client what to do.
+REQUIRETLS_NEEDS_TLS = Reply(
+    530, "5.7.10", "REQUIRETLS needs a TLS session: issue STARTTLS first (RFC 8689 2)")
+
 
 def _bad(text: str) -> RemoteProtocolError:
     return RemoteProtocolError(Reply(501, "5.5.4", text))
@@ -93,6 +101,7 @@ class MailParams:
     smtputf8: bool = False  # RFC 6531 §3.4
     ret: str | None = None  # "FULL" or "HDRS" (RFC 3461 §4.3)
     envid: str | None = None  # decoded xtext (RFC 3461 §4.4)
+    requiretls: bool = False  # RFC 8689 §2: verified TLS on every onward hop
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,14 +137,15 @@ def _unsupported(keyword: str) -> RemoteProtocolError:
     return RemoteProtocolError(Reply(555, "5.5.4", f"Unsupported parameter: {keyword}"))
 
 
-def parse_mail_params(params: Params, *, max_size: int) -> MailParams:
+def parse_mail_params(params: Params, *, max_size: int, requiretls: bool = False) -> MailParams:
     """Interpret the parameters of MAIL; ``max_size`` 0 means no SIZE limit.
 
     A declared SIZE above ``max_size`` is refused at once with 552 5.3.4
-    (RFC 1870 §6.1).
+    (RFC 1870 §6.1).  ``requiretls``: the session offers REQUIRETLS (it is
+    under TLS); elsewhere the parameter is refused with :data:`REQUIRETLS_NEEDS_TLS`.
     """
     size = body = ret = envid = None
-    smtputf8 = False
+    smtputf8 = want_tls = False
     for keyword, value in _unique(params):
         if keyword == "SIZE":
             value = _value(keyword, value)
@@ -164,9 +174,16 @@ def parse_mail_params(params: Params, *, max_size: int) -> MailParams:
                 envid = xtext_decode(value)
             except ValueError:
                 raise _bad("ENVID is not valid xtext (RFC 3461 4)") from None
+        elif keyword == "REQUIRETLS":
+            if value is not None:
+                raise _bad("REQUIRETLS takes no value (RFC 8689 2)")
+            if not requiretls:
+                raise RemoteProtocolError(REQUIRETLS_NEEDS_TLS)
+            want_tls = True
         else:
             raise _unsupported(keyword)
-    return MailParams(size=size, body=body, smtputf8=smtputf8, ret=ret, envid=envid)
+    return MailParams(size=size, body=body, smtputf8=smtputf8, ret=ret, envid=envid,
+                      requiretls=want_tls)
 
 
 def parse_rcpt_params(params: Params) -> RcptParams:

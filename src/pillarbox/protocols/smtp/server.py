@@ -8,7 +8,13 @@ recipients and messages through ``respond()``.
 
 Extensions: PIPELINING (RFC 2920), SIZE (RFC 1870), 8BITMIME (RFC 6152),
 SMTPUTF8 (RFC 6531), ENHANCEDSTATUSCODES (RFC 2034), CHUNKING (RFC 3030),
-DSN (RFC 3461), STARTTLS (RFC 3207), AUTH (RFC 4954).
+DSN (RFC 3461), STARTTLS (RFC 3207), AUTH (RFC 4954), REQUIRETLS (RFC 8689).
+
+REQUIRETLS is offered only under TLS (RFC 8689 §2), and ``MAIL FROM:<…>
+REQUIRETLS`` is refused without it (530 5.7.10).  The header section of each
+message is scanned for one ``TLS-Required: No`` field (RFC 8689 §3), which
+``MessageEnd.tls_required_no`` reports; the session tags the message with
+either (§4.1).
 
 AUTH is the core's syntax and sequence only: the session layer says which
 SASL mechanisms are offered now (``mechanisms``: none until TLS, unless
@@ -194,6 +200,8 @@ class SMTPServerConnection:
         self._in_headers = True
         self._hdr_tail = b"\r\n"
         self._received = 0
+        self._tls_required: bytearray | None = None  # the TLS-Required: value being read
+        self._tls_required_fields = [0, 0]   # TLS-Required fields seen, those with "No"
         self._bdat_left = 0
         self._bdat_last = False
         self._bdat_failed: Reply | None = None
@@ -333,6 +341,8 @@ class SMTPServerConnection:
         self._in_headers = True
         self._hdr_tail = b"\r\n"
         self._received = 0
+        self._tls_required = None
+        self._tls_required_fields = [0, 0]
         self._bdat_left = 0
         self._bdat_last = False
         self._bdat_failed = None
@@ -427,6 +437,8 @@ class SMTPServerConnection:
             size = self.limits.max_message_size
             lines.append(f"SIZE {size}" if size else "SIZE")
             lines += ["8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "CHUNKING", "DSN"]
+            if self.tls_active:
+                lines.append("REQUIRETLS")     # RFC 8689 2: only once TLS protects the session
             if self.auth_enabled and self.mechanisms:
                 lines.append("AUTH " + " ".join(self.mechanisms))
             if self.tls_available and not self.tls_active:
@@ -454,7 +466,8 @@ class SMTPServerConnection:
             )
         if self.auth_enabled:
             params = _without_auth_param(params)
-        mail_params = parse_mail_params(params, max_size=self.limits.max_message_size)
+        mail_params = parse_mail_params(params, max_size=self.limits.max_message_size,
+                                        requiretls=self.tls_active)
         path = parse_path(path_text, reverse=True, smtputf8=mail_params.smtputf8)
         event = ev.MailFrom(path, mail_params)
         self._pending = event
@@ -675,7 +688,8 @@ class SMTPServerConnection:
         if error is None and self._carry_cr:
             error = BARE_LINE_ENDING_DATA
         if error is None:
-            event = ev.MessageEnd(self._size)
+            self._end_tls_required()
+            event = ev.MessageEnd(self._size, self._tls_required_fields == [1, 1])
             self._pending = event
             return event
         self._send(error)
@@ -772,6 +786,7 @@ class SMTPServerConnection:
         """
         text = self._hdr_tail + data
         end = text.find(b"\r\n\r\n")
+        shortened = False
         if end >= 0:
             region = text[: end + 2]
             self._in_headers = False
@@ -784,12 +799,55 @@ class SMTPServerConnection:
                 # A very long field: what matters is its start (the name) and
                 # its last bytes (a CRLF CRLF may complete across the cut).
                 tail = tail[:16] + tail[-3:]
+                shortened = True
             self._hdr_tail = tail
         if region:
-            self._received += region.lower().count(b"\r\nreceived:")
+            lower = region.lower()
+            self._received += lower.count(b"\r\nreceived:")
             limit = self.limits.max_received_headers
             if limit and self._received > limit:
                 self._content_error = MAIL_LOOP
+            if self._tls_required is not None or b"\r\ntls-required:" in lower:
+                self._scan_tls_required(region)
+        if shortened:
+            self._tls_required_cut()
+        if not self._in_headers:
+            self._end_tls_required()
+
+    def _scan_tls_required(self, region: bytes) -> None:
+        """RFC 8689 §3: ``"TLS-Required:" [FWS] "No" CRLF`` (case-insensitive),
+        unfolded across lines and pieces; ``region`` is whole lines after a CRLF."""
+        for line in region.split(b"\r\n")[1:]:
+            if line[:1] in (b" ", b"\t"):
+                if self._tls_required is not None:
+                    if len(self._tls_required) + len(line) > 256:
+                        self._tls_required[:] = b"(too long)"
+                    else:
+                        self._tls_required += line
+                continue
+            self._end_tls_required()
+            if line[:13].lower() == b"tls-required:":
+                value = line[13:]
+                self._tls_required = bytearray(value if len(value) <= 256 else b"(too long)")
+
+    def _tls_required_cut(self) -> None:
+        """The line that goes on in the next piece was cut short (over 1 KiB): a
+        TLS-Required field it belongs to is too long to be a plain "No"."""
+        tail = self._hdr_tail
+        if tail[2:3] in (b" ", b"\t"):
+            if self._tls_required is not None:
+                self._tls_required[:] = b"(too long)"
+        elif tail[:15].lower() == b"\r\ntls-required:":
+            self._end_tls_required()
+            self._tls_required = bytearray(b"(too long)")
+            self._hdr_tail = b"\r\n " + tail[-3:]     # read on as its continuation
+
+    def _end_tls_required(self) -> None:
+        if self._tls_required is not None:
+            value = bytes(self._tls_required).strip(b" \t").lower()
+            self._tls_required_fields[0] += 1
+            self._tls_required_fields[1] += value == b"no"
+            self._tls_required = None
 
 
 NO_VALID_RECIPIENTS = Reply(554, "5.5.1", "No valid recipients")

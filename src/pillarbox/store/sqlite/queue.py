@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 
 _CHUNK = 400
 _ENTRY = ("id, reverse_path, size, arrived, client_address, helo, state, attempts,"
-          " next_attempt, last_reply, body, smtputf8, dsn_ret, dsn_envid, quarantine")
+          " next_attempt, last_reply, body, smtputf8, dsn_ret, dsn_envid, quarantine,"
+          " requiretls, tls_required_no")
 _RECIPIENT = ("queue_id, idx, address, status, notify, orcpt, last_reply, attempts,"
               " last_attempt, status_code, remote_mta, warned")
 HEADER_LIMIT = 256 * 1024   # what a report returns at most of a header (RET=HDRS)
@@ -53,9 +54,10 @@ def _entries(conn: sqlite3.Connection, where: str, args: tuple[object, ...]) -> 
                 r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], bool(r[11])))
     return [
         QueueEntry(qid, rp, size, arrived, client, helo, state, attempts, nxt, last, body,
-                   bool(utf8), ret, envid, tuple(rcpts.get(qid, ())), bool(junk))
+                   bool(utf8), ret, envid, tuple(rcpts.get(qid, ())), bool(junk),
+                   bool(requiretls), bool(tls_no))
         for (qid, rp, size, arrived, client, helo, state, attempts, nxt, last, body, utf8,
-             ret, envid, junk) in heads
+             ret, envid, junk, requiretls, tls_no) in heads
     ]
 
 

@@ -11,7 +11,7 @@ message in a mailbox has a UID, flags, a MODSEQ, an internal date and a size,
 and points at a shared blob.
 """
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 8
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -211,5 +211,30 @@ INSERT OR IGNORE INTO meta (key, value) VALUES ('dkim_version', '0');
 -- Origin checks (issue 8): a DMARC policy of quarantine delivers into each
 -- recipient's Junk mailbox (RFC 6154 \\Junk) instead of INBOX.
 ALTER TABLE queue ADD COLUMN quarantine INTEGER NOT NULL DEFAULT 0;
+""",
+    7: """
+-- REQUIRETLS (issue 8, RFC 8689): 'requiretls' is 1 when MAIL FROM carried
+-- REQUIRETLS (the message travels on only over verified TLS to next hops that
+-- offer REQUIRETLS, RFC 8689 4.2.1); 'tls_required_no' is 1 when, without it,
+-- the header had "TLS-Required: No" (MTA-STS, DANE and TLS policies are not
+-- enforced for the message, RFC 8689 4.2.2).  Both are tagged at receipt (4.1).
+ALTER TABLE queue ADD COLUMN requiretls INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE queue ADD COLUMN tls_required_no INTEGER NOT NULL DEFAULT 0;
+""",
+    8: """
+-- Aggregate reports (issue 8): DMARC (RFC 7489 7.2) and TLS-RPT (RFC 8460)
+-- reports queued, one per (kind, policy domain, UTC day), inserted with the
+-- report's queue entry so a report is never queued twice.  The counts they
+-- are made of are files under reports/ (pillarbox.reports.spool), not rows.
+CREATE TABLE IF NOT EXISTS reports_sent (
+    kind TEXT NOT NULL,                 -- dmarc / tlsrpt
+    domain TEXT NOT NULL,               -- the policy domain reported on
+    day TEXT NOT NULL,                  -- YYYY-MM-DD (UTC)
+    report_id TEXT NOT NULL,
+    queue_id TEXT NOT NULL,             -- the report's queue entry (gone once delivered)
+    recipients TEXT NOT NULL,           -- the rua addresses, comma separated
+    queued REAL NOT NULL,
+    PRIMARY KEY (kind, domain, day)
+) WITHOUT ROWID;
 """,
 }

@@ -421,13 +421,14 @@ class SQLiteStore(MailStoreMixin, QueueStoreMixin):
         )
         conn.execute(
             "INSERT INTO queue (id, reverse_path, size, arrived, client_address, helo, body,"
-            " smtputf8, dsn_ret, dsn_envid, state, next_attempt, quarantine)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?)",
+            " smtputf8, dsn_ret, dsn_envid, state, next_attempt, quarantine, requiretls,"
+            " tls_required_no) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?, ?, ?)",
             (
                 blob_id, envelope.reverse_path, size, now, envelope.client_address,
                 envelope.helo, envelope.body, int(envelope.smtputf8), envelope.dsn_ret,
                 envelope.dsn_envid, now if next_attempt is None else next_attempt,
-                int(envelope.quarantine),
+                int(envelope.quarantine), int(envelope.requiretls),
+                int(envelope.tls_required_no),
             ),
         )
         conn.executemany(
@@ -468,8 +469,8 @@ class SQLiteStore(MailStoreMixin, QueueStoreMixin):
         conn = self.reader
         row = conn.execute(
             "SELECT id, reverse_path, size, arrived, client_address, helo, state, attempts,"
-            " next_attempt, last_reply, body, smtputf8, dsn_ret, dsn_envid, quarantine"
-            " FROM queue WHERE id = ?",
+            " next_attempt, last_reply, body, smtputf8, dsn_ret, dsn_envid, quarantine,"
+            " requiretls, tls_required_no FROM queue WHERE id = ?",
             (queue_id,),
         ).fetchone()
         if row is None:
@@ -484,10 +485,12 @@ class SQLiteStore(MailStoreMixin, QueueStoreMixin):
             )
         )
         (qid, reverse_path, size, arrived, client, helo, state, attempts, next_attempt,
-         last_reply, body, smtputf8, dsn_ret, dsn_envid, quarantine) = row
+         last_reply, body, smtputf8, dsn_ret, dsn_envid, quarantine, requiretls,
+         tls_required_no) = row
         return QueueEntry(
             qid, reverse_path, size, arrived, client, helo, state, attempts, next_attempt,
             last_reply, body, bool(smtputf8), dsn_ret, dsn_envid, rcpts, bool(quarantine),
+            bool(requiretls), bool(tls_required_no),
         )
 
     def queue_delete(self, queue_id: str) -> None:
