@@ -107,8 +107,11 @@ def test_aligned_spf_passes_and_the_header_says_so(origin_server: Server) -> Non
     assert "spf=pass" in ours and "smtp.mailfrom=a@sender.test" in ours
     assert "dkim=none" in ours
     assert "dmarc=pass" in ours and "header.from=sender.test" in ours
-    # Ours comes first, above our Received line.
-    assert raw.index(b"Authentication-Results:") < raw.index(b"Received:")
+    # Ours comes right below our Received: line, the first trace field.
+    head = raw.split(b"\r\n")
+    assert head[2].startswith(b"Received: from client.test"), head[:4]
+    after = next(i for i, line in enumerate(head[3:], 3) if not line.startswith(b"\t"))
+    assert head[after].startswith(b"Authentication-Results: " + HOST.encode()), head[:8]
 
 
 def test_forged_author_of_a_reject_domain_is_refused_at_data(origin_server: Server) -> None:

@@ -41,3 +41,18 @@ def test_writing_goes_on_after_a_prepend(tmp_path: Path) -> None:
     writer.write(b"tail")
     writer.sync()
     assert (tmp_path / "blob").read_bytes() == b"H: 1\r\n" + b"a" * 70000 + b"tail"
+
+
+@pytest.mark.parametrize("size", [100, 70000])
+def test_insert_below_the_first_line(tmp_path: Path, size: int) -> None:
+    writer = BlobWriter(tmp_path / "blob")
+    writer.write(b"Received: from x\r\n")
+    writer.write(b"y" * size)
+    writer.insert(18, b"Authentication-Results: mx.test; none\r\n")
+    expected = b"Received: from x\r\nAuthentication-Results: mx.test; none\r\n" + b"y" * size
+    assert writer.content() == expected
+    with pytest.raises(ValueError):
+        writer.insert(writer.size + 1, b"x")
+    if writer.take_small() is None:
+        writer.sync()
+        assert (tmp_path / "blob").read_bytes() == expected

@@ -650,7 +650,7 @@ class Session:
                       reply=str(verdict.reply))
             return verdict.reply
         try:
-            tx.writer.prepend(judgement.header)
+            tx.writer.insert(tx.received_length, judgement.header)
         except OSError as exc:
             tx.writer.discard()
             log_event(log, "spool error", client=self.client_address, error=str(exc),
@@ -685,7 +685,7 @@ class Session:
             return None
         try:
             fields = await signing.sign(tx.writer, signers)
-            tx.writer.prepend(fields)
+            tx.writer.insert(tx.received_length, fields)
         except OSError as exc:
             tx.writer.discard()
             log_event(log, "spool error", client=self.client_address, error=str(exc),

@@ -117,16 +117,24 @@ class BlobWriter:
             _write_all(self._fd, data)
 
     def prepend(self, data: bytes) -> None:
-        """Put ``data`` in front of what was written (a trace header known only at
-        the end of DATA, such as ``Authentication-Results:``).
+        """Put ``data`` in front of what was written (see :meth:`insert`)."""
+        self.insert(0, data)
 
-        A message still in the buffer costs nothing.  One already in its file
-        is copied behind ``data`` into a new file by the kernel
+    def insert(self, offset: int, data: bytes) -> None:
+        """Put ``data`` at ``offset`` of what was written: a trace field known only
+        at the end of DATA (``Authentication-Results:``, ``DKIM-Signature:``),
+        below our ``Received:`` line.
+
+        A message still in the buffer costs a join.  One already in its file
+        is copied around ``data`` into a new file by the kernel
         (``copy_file_range``), which then takes the blob's name; nothing was
         acknowledged yet, so nothing depends on the old file.
         """
+        if not 0 <= offset <= self.size:
+            raise ValueError(f"offset {offset} outside the {self.size} octets written")
         if self._fd is None:
-            self._buf.insert(0, data)
+            whole = b"".join(self._buf)
+            self._buf[:] = [whole[:offset], data, whole[offset:]]
             self._buffered += len(data)
             self.size += len(data)
             return
@@ -134,14 +142,9 @@ class BlobWriter:
         tmp = self.path.with_name(self.path.name + ".pre")
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
         try:
+            self._copy(fd, 0, offset)
             _write_all(fd, data)
-            left, offset = self.size, 0
-            while left > 0:
-                n = os.copy_file_range(self._fd, fd, left, offset, None)
-                if n <= 0:
-                    raise OSError(f"short copy of {self.path}")
-                offset += n
-                left -= n
+            self._copy(fd, offset, self.size - offset)
             os.rename(tmp, self.path)
         except BaseException:
             os.close(fd)
@@ -150,6 +153,15 @@ class BlobWriter:
         os.close(self._fd)
         self._fd = fd
         self.size += len(data)
+
+    def _copy(self, fd: int, offset: int, length: int) -> None:
+        """Append ``length`` octets of our file from ``offset`` to ``fd``."""
+        while length > 0:
+            n = os.copy_file_range(self._fd, fd, length, offset, None)  # type: ignore[arg-type]
+            if n <= 0:
+                raise OSError(f"short copy of {self.path}")
+            offset += n
+            length -= n
 
     def content(self, start: int = 0, limit: int = 1 << 62) -> bytes | None:
         """The bytes written from ``start`` on, or None when more than ``limit``
