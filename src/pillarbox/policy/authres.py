@@ -171,6 +171,9 @@ class AuthenticationResults:
         return self.render().decode("utf-8")
 
 
+_FOLD_SPECIAL = re.compile(r'[\\"() ]')
+
+
 def _fold(line: str) -> list[str]:
     """Fold one resinfo line at its whitespace (RFC 5322 §2.2.3).
 
@@ -184,12 +187,18 @@ def _fold(line: str) -> list[str]:
     lead = len(line) - len(line.lstrip(" "))
     # where a line may break: a space (the first of a run), outside or inside quotes/comments
     points: list[tuple[int, bool]] = []
-    quoted, depth, escaped = False, 0, False
-    for i, ch in enumerate(line):
-        if escaped:
-            escaped = False
-        elif ch == "\\" and (quoted or depth):
-            escaped = True
+    quoted, depth, skip = False, 0, -1
+    # Only the characters that change the state are visited (one header field
+    # per message is folded, and a loop over every character was most of the
+    # cost of the origin checks).
+    for m in _FOLD_SPECIAL.finditer(line):
+        i = m.start()
+        ch = line[i]
+        if i == skip:
+            continue
+        if ch == "\\":
+            if quoted or depth:
+                skip = i + 1
         elif ch == '"' and not depth:
             quoted = not quoted
         elif ch == "(" and not quoted:

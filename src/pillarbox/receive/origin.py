@@ -167,6 +167,8 @@ class OriginChecks:
         if task is None:
             return None
         try:
+            if task.done():   # the usual case: no wait_for (a task of its own) needed
+                return task.result()
             return await asyncio.wait_for(asyncio.shield(task), SPF_WAIT)
         except TimeoutError:
             task.cancel()
@@ -185,6 +187,8 @@ async def _settled(task: asyncio.Task[T] | None, wait: float, what: str) -> T | 
     if task is None or task.cancelled():
         return None
     try:
+        if task.done():       # the usual case: no wait_for (a task of its own) needed
+            return task.result()
         return await asyncio.wait_for(asyncio.shield(task), wait)
     except TimeoutError:
         task.cancel()
