@@ -55,7 +55,6 @@ import asyncio
 import datetime
 import hashlib
 import ipaddress
-import re
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -64,10 +63,8 @@ from typing import Literal
 import dns.asyncresolver
 import dns.exception
 import dns.flags
-import dns.message
 import dns.name
 import dns.nameserver
-import dns.rcode
 import dns.rdatatype
 import dns.resolver
 from dns.rdtypes.ANY.MX import MX
@@ -78,7 +75,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from pillarbox.deliver.mx import ascii_domain
-from pillarbox.policy.dns import parse_nameserver
+from pillarbox.policy.dns import parse_nameserver, servfail_text
 
 __all__ = [
     "DANE", "DANEPolicy", "DANEVerdict", "HostSecurity", "Security", "TLSARecord",
@@ -376,18 +373,6 @@ class _Answer:
     reason: str = ""
 
 
-def _failure_text(error: dns.resolver.NoNameservers) -> str:
-    reasons = []
-    for item in error.kwargs.get("errors", []):
-        server = re.sub(r"^Do53:(.*)@\d+$", r"\1", str(item[0]))
-        response = item[-1]
-        if isinstance(response, dns.message.Message):
-            reasons.append(f"{dns.rcode.to_text(response.rcode())} from {server}")
-        else:
-            reasons.append(f"{item[3]} from {server}")
-    return "server failure" + (f" ({'; '.join(dict.fromkeys(reasons))})" if reasons else "")
-
-
 class ValidatingResolver:
     """Queries a DNSSEC-validating resolver and believes its AD bit.
 
@@ -441,7 +426,7 @@ class ValidatingResolver:
         except dns.exception.Timeout:
             return _Answer("failed", "error", reason="time-out")
         except dns.resolver.NoNameservers as exc:
-            return _Answer("failed", "error", reason=_failure_text(exc))
+            return _Answer("failed", "error", reason=servfail_text(exc))
         except dns.exception.DNSException as exc:
             return _Answer("failed", "error", reason=f"error ({exc})")
         except OSError as exc:

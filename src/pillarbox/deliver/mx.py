@@ -69,13 +69,12 @@ import dns.exception
 import dns.message
 import dns.name
 import dns.nameserver
-import dns.rcode
 import dns.rdatatype
 import dns.resolver
 import idna
 from dns.rdatatype import RdataType
 
-from pillarbox.policy.dns import parse_nameserver
+from pillarbox.policy.dns import parse_nameserver, servfail_text
 
 __all__ = ["MXHost", "Route", "RouteError", "MXResolver"]
 
@@ -220,20 +219,6 @@ def _negative_ttl(response: dns.message.Message | None) -> float | None:
         if rrset.rdtype == dns.rdatatype.SOA and len(rrset):
             return float(min(rrset.ttl, rrset[0].minimum))  # type: ignore[attr-defined]
     return None
-
-
-def _failure(error: dns.resolver.NoNameservers) -> str:
-    """What the nameservers answered, e.g. "server failure (SERVFAIL from 192.0.2.53)"."""
-    reasons = []
-    for item in error.kwargs.get("errors", []):
-        # dnspython names a server "Do53:192.0.2.53@53"; the address is what a person needs.
-        server = re.sub(r"^Do53:(.*)@\d+$", r"\1", str(item[0]))
-        response = item[-1]
-        if isinstance(response, dns.message.Message):
-            reasons.append(f"{dns.rcode.to_text(response.rcode())} from {server}")
-        else:
-            reasons.append(f"{item[3]} from {server}")
-    return "server failure" + (f" ({'; '.join(dict.fromkeys(reasons))})" if reasons else "")
 
 
 class MXResolver:
@@ -448,7 +433,7 @@ class MXResolver:
         except dns.exception.Timeout:
             raise _Failed("time-out") from None
         except dns.resolver.NoNameservers as e:
-            raise _Failed(_failure(e)) from None
+            raise _Failed(servfail_text(e)) from None
         except dns.exception.DNSException as e:
             raise _Failed(f"error ({e})") from None
         except OSError as e:  # e.g. no route to the nameserver

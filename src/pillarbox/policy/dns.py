@@ -67,6 +67,7 @@ import dns.resolver
 import idna
 
 __all__ = ["Answer", "DNSResolver", "DNSTemporaryError", "Resolver", "StaticResolver",
+           "parse_nameserver", "servfail_text",
            "RDTYPES"]
 
 RDTYPES = frozenset({"TXT", "A", "AAAA", "MX", "PTR", "CNAME", "TLSA"})
@@ -231,10 +232,12 @@ def _negative_ttl(response: dns.message.Message | None) -> float:
     return NO_SOA_TTL
 
 
-def _servfail(error: dns.resolver.NoNameservers) -> str:
-    """What the nameservers said, e.g. "server failure (REFUSED from 127.0.0.1)"."""
+def servfail_text(error: dns.resolver.NoNameservers) -> str:
+    """What the nameservers said, e.g. "server failure (REFUSED from 127.0.0.1)"
+    (MX routing, DANE and the policy checks all report it so)."""
     reasons = []
     for item in error.kwargs.get("errors", []):
+        # dnspython names a server "Do53:192.0.2.53@53"; the address is what a person needs.
         server = re.sub(r"^Do53:(.*)@\d+$", r"\1", str(item[0]))
         response = item[-1]
         if isinstance(response, dns.message.Message):
@@ -358,7 +361,7 @@ class DNSResolver:
         except dns.exception.Timeout:
             raise DNSTemporaryError(name, rdtype, "timed out") from None
         except dns.resolver.NoNameservers as e:
-            raise DNSTemporaryError(name, rdtype, _servfail(e)) from None
+            raise DNSTemporaryError(name, rdtype, servfail_text(e)) from None
         except dns.exception.DNSException as e:
             raise DNSTemporaryError(name, rdtype, f"error ({e})") from None
         except OSError as e:  # e.g. no route to the nameserver
