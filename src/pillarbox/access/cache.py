@@ -15,6 +15,7 @@ RFC 5255 §4 (I18NLEVEL=1) asks for and Dovecot uses.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import unicodedata
@@ -32,6 +33,8 @@ __all__ = [
     "CACHE_VERSION",
     "CacheEntry",
     "CacheRow",
+    "MEMO",
+    "Memo",
     "base_subject",
     "compute",
     "compute_from",
@@ -133,6 +136,44 @@ def from_row(row: Sequence[object], *, sort_keys: bool = True) -> CacheEntry | N
         return None
 
 
+class Memo:
+    """The entries this process used last, by blob, so that a FETCH of messages
+    fetched a moment ago reads no ``blob_cache`` row and decodes nothing.
+
+    A blob never changes, so neither does its entry: there is nothing to
+    invalidate, and a blob gone from the store is simply never asked for
+    again.  Entries read for FETCH lack the SORT and THREAD values
+    (``from_row(sort_keys=False)``); they are kept as such and not handed to
+    SORT, SEARCH or THREAD.  Bounded: when full, the oldest quarter goes.
+    """
+
+    __slots__ = ("_entries", "size")
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._entries: dict[str, tuple[CacheEntry, bool]] = {}
+
+    def get(self, blob: str, sort_keys: bool) -> CacheEntry | None:
+        found = self._entries.get(blob)
+        if found is None or (sort_keys and not found[1]):
+            return None
+        return found[0]
+
+    def put(self, blob: str, entry: CacheEntry, sort_keys: bool) -> None:
+        entries = self._entries
+        if len(entries) >= self.size and blob not in entries:
+            for old in list(itertools.islice(entries, max(1, self.size // 4))):
+                del entries[old]
+        entries[blob] = (entry, sort_keys)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+#: This process's memo (the IMAP and POP3 sessions of one worker share it).
+MEMO = Memo()
+
+
 def compute(content: bytes) -> CacheEntry:
     """The entry of a message, from one parse of its octets. Never raises on content."""
     return compute_from(parse(content))
@@ -141,16 +182,26 @@ def compute(content: bytes) -> CacheEntry:
 def compute_from(root: Part) -> CacheEntry:
     """The entry of an already parsed message (so FETCH parses only once)."""
     h = root.headers
+    parsed: dict[bytes, list[Mailbox | Group]] = {}
+
+    def addresses(value: bytes) -> list[Mailbox | Group]:
+        # ENVELOPE and the SORT keys read the same fields: parse each once
+        found = parsed.get(value)
+        if found is None:
+            found = parsed[value] = parse_address_list(value)
+        return found
+
     date = parse_date(h.value("Date"))
     subject_raw = h.value("Subject")
     subject, reply = base_subject(subject_raw if subject_raw is not None else b"")
-    frm = _first_mailbox(h.value("From"))
-    to = _first_mailbox(h.value("To"))
-    cc = _first_mailbox(h.value("Cc"))
+    env = envelope(root, addresses)
+    frm = _first_mailbox(h.value("From"), addresses)
+    to = _first_mailbox(h.value("To"), addresses)
+    cc = _first_mailbox(h.value("Cc"), addresses)
     offset = date.utcoffset() if date is not None else None
     mid = message_ids(h.value("Message-ID"))
     return CacheEntry(
-        envelope=envelope(root),
+        envelope=env,
         bodystructure=bodystructure(root),
         body=bodystructure(root, extended=False),
         date=None if date is None else date.timestamp(),
@@ -211,11 +262,15 @@ def _titlecase(text: str) -> str:
 
 # --- addresses (RFC 5256 §3, RFC 5957 §3) -------------------------------------------
 
-def _first_mailbox(value: bytes | None) -> Mailbox | None:
+def _first_mailbox(value: bytes | None,
+                   parse: Callable[[bytes], list[Mailbox | Group]] = parse_address_list,
+                   ) -> Mailbox | None:
     """The first address as the ENVELOPE lists it: a group counts as the mailbox of
     its start marker, whose mailbox name is the group's name (RFC 9051 §7.5.2),
     as Dovecot sorts it."""
-    addresses = parse_address_list(value)
+    if not value:
+        return None
+    addresses = parse(value)
     if not addresses:
         return None
     first = addresses[0]

@@ -10,7 +10,9 @@ gives the decoded name.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .headers import decode_words
 
@@ -19,11 +21,11 @@ __all__ = ["Group", "Mailbox", "format_address", "parse_address_list", "parse_ma
 MAX_ADDRESSES = 10_000
 
 
-@dataclass(frozen=True, slots=True)
-class Mailbox:
+class Mailbox(NamedTuple):
     """One mailbox: display name, obsolete route, local part and domain (raw octets).
 
-    ``mailbox`` or ``domain`` is None when the input lacked it.
+    ``mailbox`` or ``domain`` is None when the input lacked it.  A named tuple
+    (cheap to make: every address of every parsed header is one).
     """
 
     name: bytes | None
@@ -61,15 +63,33 @@ _WS = b" \t\r\n"
 ATOM, QUOTED, SPECIAL, LITERAL = "atom", "quoted", "special", "literal"
 
 
+# One token at a time, the common kinds by one regex match: an atom, a quoted
+# string without escapes or line breaks, a domain literal, a special.  Comments
+# and the other quoted strings take the octet loop below.
+_FAST = re.compile(
+    rb'[ \t\r\n]*(?:([^()<>\[\]:;@\\,."\x20\t\r\n]+)|"([^"\\\r\n]*)"'
+    rb'|(\[[^\]]*\]?)|([)<>\]:;@\\,.]))')
+_KINDS = (None, ATOM, QUOTED, LITERAL, SPECIAL)
+
+
 def _tokenize(s: bytes) -> list[tuple[str, bytes, bytes]]:
     """Tokens as (kind, value, comment-before); comments are attached to the next token.
 
     The final pseudo token ``("end", b"", comment)`` carries a trailing comment.
     """
     toks: list[tuple[str, bytes, bytes]] = []
+    append = toks.append
+    match = _FAST.match
     i, n = 0, len(s)
     comment = b""
     while i < n:
+        m = match(s, i)
+        if m is not None:
+            kind = m.lastindex
+            append((_KINDS[kind], m.group(kind), comment))    # type: ignore[index]
+            comment = b""
+            i = m.end()
+            continue
         c = s[i]
         if c in _WS:
             i += 1
@@ -96,7 +116,7 @@ def _tokenize(s: bytes) -> list[tuple[str, bytes, bytes]]:
                 j += 1
             comment = bytes(buf)
             i = j
-        elif c == 34:  # quoted string
+        else:  # c == 34: a quoted string with quoted pairs or line breaks
             j, buf = i + 1, bytearray()
             while j < n and s[j] != 34:
                 if s[j] == 92 and j + 1 < n:
@@ -104,27 +124,10 @@ def _tokenize(s: bytes) -> list[tuple[str, bytes, bytes]]:
                 if s[j] not in b"\r\n":
                     buf.append(s[j])
                 j += 1
-            toks.append((QUOTED, bytes(buf), comment))
+            append((QUOTED, bytes(buf), comment))
             comment = b""
             i = j + 1
-        elif c == 91:  # domain literal
-            j = s.find(b"]", i)
-            j = n if j < 0 else j + 1
-            toks.append((LITERAL, s[i:j], comment))
-            comment = b""
-            i = j
-        elif c in _SPECIALS:
-            toks.append((SPECIAL, bytes([c]), comment))
-            comment = b""
-            i += 1
-        else:
-            j = i
-            while j < n and s[j] not in _SPECIALS and s[j] not in _WS:
-                j += 1
-            toks.append((ATOM, s[i:j], comment))
-            comment = b""
-            i = j
-    toks.append(("end", b"", comment))
+    append(("end", b"", comment))
     return toks
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import binascii
 import codecs
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = [
     "MAX_FIELDS",
@@ -37,14 +37,15 @@ MAX_HEADER_PARSE = 1 << 20
 MAX_FIELDS = 10_000
 
 
-@dataclass(frozen=True, slots=True)
-class HeaderField:
+class HeaderField(NamedTuple):
     """One header field: its name as written and the field as stored.
 
     ``raw`` is the whole field as stored, name, colon, folding and line end
     included; ``offset`` is where it starts in the message. ``value`` (the octets
     after the colon without leading whitespace and final line end) is computed
-    on demand, so that a field costs one copy of its octets.
+    on demand, so that a field costs one copy of its octets.  A named tuple,
+    not a frozen dataclass: a header block makes one per field, and a frozen
+    dataclass's constructor costs three ``object.__setattr__`` calls.
     """
 
     name: str

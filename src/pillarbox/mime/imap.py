@@ -11,6 +11,7 @@ CR/LF removed and NUL replaced by 0x80.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from .addresses import Group, Mailbox, parse_address_list
 from .headers import HeaderField, unfold
@@ -42,7 +43,7 @@ def nstring(value: bytes | None) -> bytes:
     """NIL, a quoted string, or a literal when quoting cannot carry the octets."""
     if value is None:
         return b"NIL"
-    if b"\r" in value or b"\n" in value or b"\x00" in value or any(c >= 0x80 for c in value) or (
+    if b"\r" in value or b"\n" in value or b"\x00" in value or not value.isascii() or (
         value.count(b'"') + value.count(b"\\") > _MAX_ESCAPES
     ):
         return b"{%d}\r\n%s" % (len(value), value)
@@ -82,10 +83,11 @@ _ENVELOPE_FIELDS = ("date", "subject", "from", "sender", "reply-to", "to", "cc",
 _ADDRESS_FIELDS = ("from", "sender", "reply-to", "to", "cc", "bcc")
 
 
-def _addresses(value: bytes | None) -> bytes:
+def _addresses(value: bytes | None,
+               parse: Callable[[bytes], list[Mailbox | Group]] = parse_address_list) -> bytes:
     if value is None:
         return b"NIL"
-    items = parse_address_list(value)
+    items = parse(value)
     out: list[bytes] = []
 
     def mailbox(mb: Mailbox) -> bytes:
@@ -107,8 +109,12 @@ def _addresses(value: bytes | None) -> bytes:
     return b"(" + b"".join(out) + b")" if out else b"NIL"
 
 
-def envelope(part: Part) -> bytes:
-    """The ENVELOPE of a message (the root part, or ``part.message`` of a message/rfc822)."""
+def envelope(part: Part,
+             parse: Callable[[bytes], list[Mailbox | Group]] = parse_address_list) -> bytes:
+    """The ENVELOPE of a message (the root part, or ``part.message`` of a message/rfc822).
+
+    ``parse`` parses an address list; the cache passes a memoizing one, since it
+    reads From, To and Cc again for SORT."""
     found: dict[str, bytes] = {}
     for f in part.headers:
         key = f.name.lower()
@@ -121,18 +127,18 @@ def envelope(part: Part) -> bytes:
             found[key] = f.value
         elif key in _ENVELOPE_FIELDS:
             found[key] = unfold(f.value)  # otherwise the last occurrence wins, as in Dovecot
-    frm = _addresses(found.get("from"))
+    frm = _addresses(found.get("from"), parse)
     items = [
         nstring(found.get("date")),
         human_string(found.get("subject")),
         frm,
         # RFC 9051 §7.5.2: absent "or present but empty" Sender and Reply-To
         # take the From value (Dovecot does the same).
-        _addresses(found["sender"]) if found.get("sender", b"").strip() else frm,
-        _addresses(found["reply-to"]) if found.get("reply-to", b"").strip() else frm,
-        _addresses(found.get("to")),
-        _addresses(found.get("cc")),
-        _addresses(found.get("bcc")),
+        _addresses(found["sender"], parse) if found.get("sender", b"").strip() else frm,
+        _addresses(found["reply-to"], parse) if found.get("reply-to", b"").strip() else frm,
+        _addresses(found.get("to"), parse),
+        _addresses(found.get("cc"), parse),
+        _addresses(found.get("bcc"), parse),
         nstring(found.get("in-reply-to")),
         nstring(found.get("message-id")),
     ]

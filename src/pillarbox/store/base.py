@@ -364,11 +364,16 @@ class Quota:
 
 @dataclass(frozen=True, slots=True)
 class NewMessage:
-    """A message to append: its bytes, flags and internal date."""
+    """A message to append: its bytes, flags and internal date.
+
+    ``cache``: the message's ``blob_cache`` row (envelope, bodystructure, body,
+    sort), when the caller has parsed it already; stored in the same commit.
+    """
 
     data: bytes
     flags: frozenset[str] = frozenset()
     internal_date: float | None = None   # None: now
+    cache: tuple[bytes, bytes, bytes, str] | None = None
 
 
 class MailStore(Protocol):

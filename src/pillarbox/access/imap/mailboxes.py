@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 from typing import TYPE_CHECKING
 
+from pillarbox.access import cache as cache_mod
 from pillarbox.access.imap.listing import list_mailboxes
 from pillarbox.access.imap.recent import claim as claim_recent
 from pillarbox.access.imap.render import flag_list, mailbox_name, sequence_set, string
@@ -321,6 +322,11 @@ _STATUS_ITEMS = {"MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZ
 # ------------------------------------------------------------------ APPEND
 
 
+#: Messages up to this size get their cache entry at APPEND; larger ones at the
+#: first FETCH that needs it (their parse would hold the session longer).
+_PARSE_AT_APPEND = 1 << 20
+
+
 async def append(s: IMAPSession, cmd: c.Append) -> None:
     box = _find(s, cmd.mailbox)
     if box is None:
@@ -345,7 +351,11 @@ async def append(s: IMAPSession, cmd: c.Append) -> None:
             # literal of BODY[] can carry; store it re-encoded as base64 MIME,
             # whose BINARY[] decodes to the same octets.
             data = to_7bit(data)
-        new.append(NewMessage(data, storable(message.flags), when))
+        # Parsed here, while the octets are in memory, rather than re-read by the
+        # first FETCH (clients fetch what they append): the cache row goes into
+        # the APPEND's own commit, so no session parses this message again.
+        row = cache_mod.compute(data).to_row() if len(data) <= _PARSE_AT_APPEND else None
+        new.append(NewMessage(data, storable(message.flags), when, row))
     try:
         validity, uids = await s.ctx.store.append(box.id, new)
     except (OverQuota, StorageFull) as exc:

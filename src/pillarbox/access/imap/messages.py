@@ -72,10 +72,22 @@ class _Loader:
 
     def cache(self, meta: MessageMeta) -> CacheEntry | None:
         if self._cache is None:
-            rows = self.s.ctx.store.cache_get([m.blob for m in self.metas])
             keys = self.sort_keys
-            self._cache = {blob: cache_mod.from_row(row, sort_keys=keys)
-                           for blob, row in rows.items()}
+            memo = cache_mod.MEMO
+            found: dict[str, CacheEntry | None] = {}
+            missing = []
+            for m in self.metas:
+                entry = memo.get(m.blob, keys)
+                if entry is None:
+                    missing.append(m.blob)
+                else:
+                    found[m.blob] = entry
+            if missing:
+                for blob, row in self.s.ctx.store.cache_get(missing).items():
+                    entry = found[blob] = cache_mod.from_row(row, sort_keys=keys)
+                    if entry is not None:
+                        memo.put(blob, entry, keys)
+            self._cache = found
         return self._cache.get(meta.blob) or self.computed.get(meta.blob)
 
     def save(self) -> None:
@@ -83,6 +95,10 @@ class _Loader:
                 if blob not in self.gone]
         if rows:
             self.s.ctx.store.cache_put(rows)
+            memo = cache_mod.MEMO
+            for blob, entry in self.computed.items():
+                if blob not in self.gone:
+                    memo.put(blob, entry, True)
 
 
 def _view(s: IMAPSession) -> SelectedMailbox:

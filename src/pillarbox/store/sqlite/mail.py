@@ -831,6 +831,12 @@ class MailStoreMixin:
                 (uidnext + len(messages), modseq, mailbox_id),
             )
             self._keywords(conn, mailbox_id, keywords, all_flags)
+            cached = [(b, *m.cache) for (b, _, _), m in zip(places, messages)
+                      if m.cache is not None]
+            if cached:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO blob_cache (blob, envelope, bodystructure, body, sort)"
+                    " VALUES (?, ?, ?, ?, ?)", cached)
             return validity, uids
 
         try:
