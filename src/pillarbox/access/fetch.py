@@ -26,8 +26,8 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from ..mime.encodings import IDENTITY_ENCODINGS
-from ..mime.imap import SectionError, fetch_binary, fetch_section, resolve_part
-from ..mime.parser import Part, parse, parse_header
+from ..mime.imap import SectionError, fetch_binary, fetch_section, header_fields, resolve_part
+from ..mime.parser import Part, header_bounds, parse, parse_header
 from ..protocols.imap.commands import FetchAttr, Section
 from ..store.base import MessageMeta
 from .cache import CacheEntry, compute_from
@@ -156,23 +156,35 @@ def _is_binary(part: Part | None, data: bytes) -> bool:
 class _Message:
     """The message's octets, parse tree and cache entry, each made at most once."""
 
-    __slots__ = ("_content", "_data", "_root", "cache", "computed")
+    __slots__ = ("_content", "_data", "_head", "_root", "cache", "computed")
 
     def __init__(self, content: Callable[[], bytes], cache: CacheEntry | None):
         self._content = content
         self._data: bytes | None = None
         self._root: Part | None = None
+        self._head: Part | None = None
         self.cache = cache
         self.computed = False
+
+    @property
+    def parsed(self) -> Part | None:
+        """The header-only or full parse, if one was made already."""
+        return self._root if self._root is not None else self._head
+
+    @property
+    def data(self) -> bytes:
+        if self._data is None:
+            self._data = self._content()
+        return self._data
 
     @property
     def header_root(self) -> Part:
         """The root with its header block only, unless the whole tree is parsed."""
         if self._root is not None:
             return self._root
-        if self._data is None:
-            self._data = self._content()
-        return parse_header(self._data)
+        if self._head is None:
+            self._head = parse_header(self.data)
+        return self._head
 
     @property
     def root(self) -> Part:
@@ -224,8 +236,22 @@ _HEADER_ONLY = frozenset({"HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT"})
 
 
 def _body_section(msg: _Message, section: Section) -> bytes:
-    # The top-level header needs no part tree: the most common FETCH of mail
-    # clients' message lists (BODY.PEEK[HEADER.FIELDS (...)]) parses no body.
+    if not section.part:
+        # The whole message, its header or its text need no parse at all, only
+        # where the header ends; the top-level header fields need no part tree
+        # (the most common FETCH of mail clients' message lists,
+        # BODY.PEEK[HEADER.FIELDS (...)], parses no body).
+        text = section.text
+        if text is None or text == "":
+            return msg.data
+        if text == "HEADER":
+            return msg.data[:header_bounds(msg.data)[1]]
+        if text == "TEXT":
+            return msg.data[header_bounds(msg.data)[1]:]
+        if text == "HEADER.FIELDS" and msg.parsed is None:
+            found = header_fields(msg.data, header_bounds(msg.data)[0], section.fields)
+            if found is not None:
+                return found
     root = msg.header_root if not section.part and section.text in _HEADER_ONLY else msg.root
     try:
         return fetch_section(root, _spec(section))

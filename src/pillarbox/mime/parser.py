@@ -382,6 +382,19 @@ def parse(buf: Buffer, start: int = 0, end: int | None = None, *,
     return root
 
 
+def header_bounds(buf: Buffer) -> tuple[int, int]:
+    """Where the root's header block ends (its last field's line end included)
+    and where its body starts (after the empty line), as ``parse`` finds them."""
+    if buf[:1] == b"\n":
+        return 0, 1
+    if buf[:2] == b"\r\n":
+        return 0, 2
+    m = _BLANK_ONLY.search(buf, 0, len(buf))
+    if m is None:
+        return len(buf), len(buf)
+    return m.start() + 1, m.end()
+
+
 def parse_header(buf: Buffer) -> Part:
     """The root part with its header block only, the body left unparsed.
 
@@ -391,16 +404,7 @@ def parse_header(buf: Buffer) -> Part:
     """
     limit = len(buf)
     part = Part(buf, 0, 0)
-    if buf[:1] == b"\n":
-        hdr_end, body_start = 0, 1
-    elif buf[:2] == b"\r\n":
-        hdr_end, body_start = 0, 2
-    else:
-        m = _BLANK_ONLY.search(buf, 0, limit)
-        if m is None:
-            hdr_end = body_start = limit
-        else:
-            hdr_end, body_start = m.start() + 1, m.end()
+    hdr_end, body_start = header_bounds(buf)
     part.body_start = body_start
     part.end = limit
     parse_end = min(hdr_end, MAX_HEADER_PARSE)

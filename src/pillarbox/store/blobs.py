@@ -46,9 +46,15 @@ class BlobStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._prefix = str(root) + "/"
 
     def path(self, blob_id: str) -> Path:
         return self.root / shard(blob_id) / blob_id
+
+    def path_str(self, blob_id: str) -> str:
+        """:meth:`path` as a string, made without pathlib (the read path of
+        every FETCH that needs a message's octets)."""
+        return self._prefix + blob_id[4:6] + "/" + blob_id
 
     def ensure_dirs(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

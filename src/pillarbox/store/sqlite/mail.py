@@ -507,7 +507,9 @@ class MailStoreMixin:
                 return None   # expunged (and collected) between the two reads
         return bytes(prefix) + data if prefix else data
 
-    _MAX_OPEN = 64
+    # Open files kept per thread.  Each APPEND batch writes a segment of its
+    # own, so a FETCH over a few hundred recent messages touches as many files.
+    _MAX_OPEN = 256
 
     def _pread(self, name: str, offset: int, size: int) -> bytes | None:
         """``size`` octets at ``offset`` of the blob or segment file ``name``
@@ -519,7 +521,7 @@ class MailStoreMixin:
         fd = fds.pop(name, None)
         if fd is None:
             try:
-                fd = os.open(self.blobs.path(name), os.O_RDONLY | os.O_CLOEXEC)
+                fd = os.open(self.blobs.path_str(name), os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
                 return None
             while len(fds) >= self._MAX_OPEN:
