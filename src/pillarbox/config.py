@@ -1271,6 +1271,56 @@ class MTASTSConfig:
     )
 
 
+# A mailbox (RFC 5321 §4.1.2) without quoting: a dot-atom local part (RFC 5322 §3.2.3).
+_LOCAL_PART = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+
+
+def _is_address(value: str) -> bool:
+    local, at, domain = value.rpartition("@")
+    return bool(at) and _LOCAL_PART.fullmatch(local) is not None and _is_domain(domain)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReportsConfig:
+    """The aggregate reports Pillarbox sends once a day, shortly after 00:00 UTC, for
+    the day before (and `pillarbox reports send` for any of the last 7 days): DMARC
+    aggregate reports (RFC 7489 §7.2) to the `rua` addresses of the author domains
+    whose mail was checked, and TLS-RPT reports (RFC 8460) on our outbound TLS to the
+    recipient domains that publish a `_smtp._tls` record. Reports are DKIM-signed
+    with the active keys of the sender's domain (else its organisational domain)
+    when `dkim.sign` is on. Switched off, a kind is not sent; its counts are still
+    recorded and kept 7 days, so that it can be switched on again and sent with
+    `pillarbox reports send --day`."""
+
+    dmarc: bool = _option(
+        _Bool(),
+        True,
+        "Send DMARC aggregate reports (RFC 7489 §7.2); they need `policy.dmarc` other "
+        'than `"off"`, which records what they report.',
+    )
+    tlsrpt: bool = _option(
+        _Bool(),
+        True,
+        "Send TLS-RPT reports (RFC 8460) on the TLS of our outbound deliveries.",
+    )
+    sender: str = _option(
+        _Str(lambda value: value == "" or _is_address(value), "address",
+             'an address such as "reports@example.com", or ""'),
+        "",
+        "The reverse path and `From:` of the reports (each recipient gets "
+        "`NOTIFY=NEVER`: a report that cannot be delivered makes no bounce). `\"\"`: "
+        "`noreply-dmarc@HOST` and `noreply-tlsrpt@HOST`, HOST being `server.hostname`.",
+    )
+    contact: str = _option(
+        _Str(lambda value: value == "" or _is_address(value), "address",
+             'an address such as "postmaster@example.com", or ""'),
+        "",
+        "The contact written in the reports (`email` of the DMARC report's metadata, "
+        "`contact-info` of TLS-RPT), where receivers write about them. `\"\"`: "
+        "`postmaster@HOST`, HOST being `server.hostname`.",
+    )
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """The whole configuration; built by :func:`load_config`, passed to what needs it."""
@@ -1289,6 +1339,7 @@ class Config:
     mta_sts: MTASTSConfig = field(default_factory=MTASTSConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     dkim: DKIMConfig = field(default_factory=DKIMConfig)
+    reports: ReportsConfig = field(default_factory=ReportsConfig)
 
     @property
     def workers_effective(self) -> int:

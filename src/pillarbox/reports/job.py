@@ -7,18 +7,24 @@ and one TLS-RPT report per recipient domain that publishes
 ``reports_sent`` in the same transaction (a report is queued once per
 domain and day, whoever asks: the job after a restart, or an operator).
 
-The envelope: reverse path ``noreply-dmarc@<hostname>`` (DMARC) or
-``noreply-tlsrpt@<hostname>`` (TLS-RPT), each recipient with
+The ``[reports]`` section of the configuration: ``reports.dmarc`` and
+``reports.tlsrpt`` switch each kind off (its counts are still spooled and
+pruned, so ``pillarbox reports send --day`` can send them once it is on
+again); ``reports.sender`` and ``reports.contact`` set the addresses below.
+
+The envelope: reverse path ``reports.sender``, by default
+``noreply-dmarc@<hostname>`` (DMARC) or ``noreply-tlsrpt@<hostname>``
+(TLS-RPT), the same address in ``From:``, each recipient with
 ``NOTIFY=NEVER``.  RFC 7489 does not ask for the null reverse path, and
 receivers refuse ``<>`` for mail that is not a bounce; NOTIFY=NEVER keeps
 a report that cannot be delivered from producing a bounce of its own (no
-report about a report).  The contact in the reports is
-``postmaster@<hostname>``.
+report about a report).  The contact in the reports is ``reports.contact``,
+by default ``postmaster@<hostname>``.
 
 Reports are DKIM-signed (RFC 8460 §5.3 asks for it) with the active keys
-of the host name's domain, else of its Organizational Domain (aligned with
-``From:`` under relaxed alignment), when ``dkim.sign`` is on and such keys
-exist; otherwise they go unsigned.
+of the sender's domain (by default the host name), else of its
+Organizational Domain (aligned with ``From:`` under relaxed alignment),
+when ``dkim.sign`` is on and such keys exist; otherwise they go unsigned.
 
 Not done: ``https:`` rua for TLS-RPT (skipped with a note), and the
 §7.2.1.1 "report too large" notice (a destination whose ``!size`` the
@@ -55,10 +61,11 @@ if TYPE_CHECKING:
     from pillarbox.config import Config
     from pillarbox.receive.signing import DKIMSigning
 
-__all__ = ["Built", "ReportJob", "day_range", "previous_day"]
+__all__ = ["KINDS", "Built", "ReportJob", "day_range", "previous_day"]
 
 log = logging.getLogger("pillarbox.reports")
 
+KINDS = frozenset({"dmarc", "tlsrpt"})   # what is sent: reports.dmarc, reports.tlsrpt
 KEEP_DAYS = 7                 # spooled counts are kept this long (for a late `reports send`)
 FIRST_RUN_DELAY = 120.0       # seconds after start before yesterday's reports are looked at
 AFTER_MIDNIGHT = (300.0, 900.0)   # the daily run: this long after 00:00 UTC (a random spread)
@@ -99,19 +106,26 @@ class ReportJob:
 
     def __init__(self, store: SQLiteStore, resolver: Resolver, hostname: str, *,
                  psl: PublicSuffixList | None = None, data_dir: Path | None = None,
-                 signing: DKIMSigning | None = None,
+                 signing: DKIMSigning | None = None, kinds: frozenset[str] = KINDS,
+                 sender: str = "", contact: str = "",
                  clock: Callable[[], float] = time.time) -> None:
+        unknown = set(kinds) - KINDS
+        if unknown:
+            raise ValueError(f"unknown report kinds: {', '.join(sorted(unknown))}")
         self.store = store
         self.signing = signing
         self.resolver = resolver
         self.hostname = hostname.lower().rstrip(".")
         self.psl = psl
         self.data_dir = data_dir or store.data_dir
+        self.kinds = frozenset(kinds)
+        self._sender = sender
+        self.contact = contact or f"postmaster@{self.hostname}"
         self.clock = clock
 
-    @property
-    def contact(self) -> str:
-        return f"postmaster@{self.hostname}"
+    def sender(self, kind: str) -> str:
+        """The reverse path and ``From:`` of ``kind``'s reports (``reports.sender``)."""
+        return self._sender or f"noreply-{kind}@{self.hostname}"
 
     # ---------------------------------------------------------------- building
 
@@ -119,30 +133,36 @@ class ReportJob:
         """Every report for ``day`` that has somewhere to go, and notes on what was skipped."""
         begin, end = day_range(day)
         built: list[Built] = []
-        notes: list[str] = []
-        for domain, policy in sorted(dmarc_reports.group(
-                read_day(self.data_dir, dmarc_reports.KIND, day)).items()):
-            item = await self._dmarc(day, begin, end, policy)
-            if item.recipients:
-                built.append(item)
-            notes += item.notes
-        for domain, rows in sorted(tlsrpt.group(read_day(self.data_dir, tlsrpt.KIND, day)).items()):
-            t, why = await self._tlsrpt(day, begin, end, domain, rows)
-            if t is not None and t.recipients:
-                built.append(t)
-            notes += why
+        notes: list[str] = [f"{kind} reports are off (reports.{kind} = false)"
+                            for kind in sorted(KINDS - self.kinds)]
+        if "dmarc" in self.kinds:
+            for domain, policy in sorted(dmarc_reports.group(
+                    read_day(self.data_dir, dmarc_reports.KIND, day)).items()):
+                item = await self._dmarc(day, begin, end, policy)
+                if item.recipients:
+                    built.append(item)
+                notes += item.notes
+        if "tlsrpt" in self.kinds:
+            for domain, rows in sorted(
+                    tlsrpt.group(read_day(self.data_dir, tlsrpt.KIND, day)).items()):
+                t, why = await self._tlsrpt(day, begin, end, domain, rows)
+                if t is not None and t.recipients:
+                    built.append(t)
+                notes += why
         return built, notes
 
-    def _signed(self, message: bytes) -> bytes:
-        """``message`` with DKIM-Signature fields of our domain's active keys, if any."""
+    def _signed(self, message: bytes, sender: str) -> bytes:
+        """``message`` with DKIM-Signature fields of the active keys of the
+        sender's domain (else its organisational domain), if any."""
         if self.signing is None:
             return message
         from pillarbox.policy.dkim.sign import signature_fields
         from pillarbox.policy.psl import default_list
 
-        signers = self.signing.signers([self.hostname])
+        domain = sender.rpartition("@")[2].lower()
+        signers = self.signing.signers([domain])
         if not signers:
-            org = (self.psl or default_list()).organizational_domain(self.hostname)
+            org = (self.psl or default_list()).organizational_domain(domain)
             signers = self.signing.signers([org])
         return b"".join(signature_fields(message, signers)) + message if signers else message
 
@@ -158,7 +178,7 @@ class ReportJob:
         gz = compress(document)
         dests, notes = await dmarc_reports.destinations(policy.domain, policy.record,
                                                         self.resolver, psl=self.psl)
-        sender = f"noreply-dmarc@{self.hostname}"
+        sender = self.sender("dmarc")
         subject = (f"Report Domain: {policy.domain} Submitter: {self.hostname} "
                    f"Report-ID: <{report_id}>")
         text = (f"DMARC aggregate report (RFC 7489) from {self.hostname} for {policy.domain}:\n"
@@ -168,7 +188,8 @@ class ReportJob:
         def make(to: list[str]) -> bytes:
             return self._signed(report_message(
                 sender=sender, recipients=to, subject=subject, text=text, attachment=gz,
-                content_type="application/gzip", filename=filename, hostname=self.hostname))
+                content_type="application/gzip", filename=filename, hostname=self.hostname),
+                sender)
 
         recipients: list[str] = []
         size = len(make([d.address for d in dests]))
@@ -199,7 +220,7 @@ class ReportJob:
         report = tlsrpt.TLSReport(self.hostname, self.contact, report_id, begin, end, domain,
                                   rows)
         document = report.json()
-        sender = f"noreply-tlsrpt@{self.hostname}"
+        sender = self.sender("tlsrpt")
         message = b""
         if recipients:
             message = self._signed(report_message(
@@ -211,7 +232,7 @@ class ReportJob:
                 filename=report.filename(self.hostname, report_id.split("@")[0]),
                 hostname=self.hostname, report_type="tlsrpt",
                 extra_headers=(("TLS-Report-Domain", domain),
-                               ("TLS-Report-Submitter", self.hostname))))
+                               ("TLS-Report-Submitter", self.hostname))), sender)
         return Built("tlsrpt", domain, report_id, sender, recipients, message, document,
                      len(rows), notes), notes
 
@@ -290,7 +311,8 @@ class ReportJob:
 
     @classmethod
     def from_config(cls, store: SQLiteStore, config: Config) -> ReportJob:
-        """Wired by ``serve`` for the queue manager process: ``[server]``, ``[dns]``, ``[policy]``."""
+        """Wired by ``serve`` for the queue manager process (and by ``pillarbox
+        reports send``): ``[server]``, ``[dns]``, ``[policy]``, ``[dkim]``, ``[reports]``."""
         from pillarbox.policy.dns import DNSResolver
         from pillarbox.receive.signing import DKIMSigning
         from pillarbox.store.sqlite.dkim_keys import SQLiteDKIMKeys
@@ -298,5 +320,8 @@ class ReportJob:
         resolver = DNSResolver(list(config.dns.nameservers) or None, timeout=config.dns.timeout)
         signing = (DKIMSigning(SQLiteDKIMKeys(store), config.server.data_dir)
                    if config.dkim.sign else None)
+        r = config.reports
+        kinds = frozenset(k for k, on in (("dmarc", r.dmarc), ("tlsrpt", r.tlsrpt)) if on)
         return cls(store, resolver, config.server.hostname,
-                   psl=PublicSuffixList.load(config.policy.public_suffix_list), signing=signing)
+                   psl=PublicSuffixList.load(config.policy.public_suffix_list), signing=signing,
+                   kinds=kinds, sender=r.sender, contact=r.contact)
