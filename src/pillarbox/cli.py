@@ -566,10 +566,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--remove", action="store_true", help="revoke the grant")
 
     g = group("alias", "aliases; @domain is the domain's catch-all")
-    p = leaf(g, "add", _cmd_alias_add, "deliver mail for SOURCE to local TARGETs")
+    p = leaf(g, "add", _cmd_alias_add,
+             "deliver mail for SOURCE to TARGETs (local, or forwarded to other domains)")
     p.add_argument("source", metavar="SOURCE", help="an address, or @domain for the catch-all")
     p.add_argument("targets", nargs="+", metavar="TARGET",
-                   help="local accounts or aliases")
+                   help="local accounts or aliases, or addresses in other domains "
+                        "(forwarded with SRS and an ARC seal)")
     p = leaf(g, "list", _cmd_alias_list, "list aliases")
     p.add_argument("domain", nargs="?", metavar="DOMAIN")
     p = leaf(g, "remove", _cmd_alias_remove, "remove an alias, or one of its targets")

@@ -408,6 +408,19 @@ def _dkim_signing(config: Config, store: SQLiteStore):  # type: ignore[no-untype
                        sign_trusted=config.dkim.sign_trusted)
 
 
+def _forwarding(config: Config, store: SQLiteStore):  # type: ignore[no-untyped-def]
+    """Aliases to other domains: SRS (its secret in the data directory) and ARC
+    sealing with the domains' DKIM keys (receive/forwarding.py)."""
+    from pillarbox.receive.forwarding import Forwarding
+    from pillarbox.receive.signing import DKIMSigning
+    from pillarbox.receive.srs import SRS
+    from pillarbox.store.sqlite.dkim_keys import SQLiteDKIMKeys
+
+    keys = DKIMSigning(SQLiteDKIMKeys(store), config.server.data_dir)
+    return Forwarding(SRS.in_data_dir(config.server.data_dir), config.server.hostname,
+                      keys.signers)
+
+
 def _agent_socket(config: Config) -> Path:
     return config.server.data_dir / "run" / "delivery.sock"
 
@@ -486,6 +499,7 @@ async def _worker_main(config: Config, listeners: Listeners, limiters: Limiters)
         origin=_origin_checks(config),
         reverse_dns=_reverse_dns(config),
         signing=_dkim_signing(config, store),
+        forwarding=_forwarding(config, store),
     )
     cfg = SMTPListenerConfig(
         limits=Limits(

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from pillarbox import cli
+from pillarbox.admin import commands
 from pillarbox.auth.passwords import verify_password
 from pillarbox.config import Config
 from pillarbox.deliver.recipients import Verdict, resolve
@@ -407,9 +408,7 @@ def test_alias_to_local_accounts_and_aliases(example: Pbx) -> None:
     assert sorted(a.address for a in found.accounts) == ["alice@example.com", "bob@example.com"]
 
 
-def test_alias_refuses_targets_that_are_not_local(example: Pbx) -> None:
-    err = example.fails("alias", "add", "x@example.com", "someone@gmail.com")
-    assert "someone@gmail.com is not in a local domain" in err
+def test_alias_refuses_local_targets_that_name_nothing(example: Pbx) -> None:
     err = example.fails("alias", "add", "x@example.com", "nobody@example.com")
     assert "neither a local account nor a local alias" in err
     err = example.fails("alias", "add", "x@example.com", "alice@example.com", "bad@@address")
@@ -423,6 +422,22 @@ def test_alias_refuses_targets_that_are_not_local(example: Pbx) -> None:
     assert "itself" in example.fails("alias", "add", "x@example.com", "x@example.com")
     assert "catch-all" in example.fails("alias", "add", "x@example.com", "@example.com")
     assert example.ok("alias", "list") == "no aliases\n"
+
+
+def test_alias_to_other_domains_mixed_with_local_targets(example: Pbx) -> None:
+    out = example.ok("alias", "add", "fwd@example.com", "Someone@Gmail.com", "alice@example.com")
+    assert out == "added alias fwd@example.com -> someone@gmail.com, alice@example.com\n"
+    store = example.store()
+    found = resolve(store.directory(), "fwd", "example.com", "+")
+    store.close()
+    assert found.verdict is Verdict.LOCAL
+    assert [a.address for a in found.accounts] == ["alice@example.com"]
+    assert found.forwards == ("someone@gmail.com",)
+    # A forward is never reported as dangling; a local target that names nothing is.
+    store = example.store()
+    store.add_alias("ghost@example.com", "nobody@example.com")
+    assert commands.dangling_aliases(store) == [("ghost@example.com", "nobody@example.com")]
+    store.close()
 
 
 def test_catch_all(example: Pbx) -> None:

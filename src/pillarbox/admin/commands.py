@@ -322,9 +322,10 @@ def list_send_as(store: SQLiteStore, account: str) -> tuple[str, list[str]]:
 def add_alias(store: SQLiteStore, source: str, targets: list[str]) -> tuple[str, list[str]]:
     """Point ``source`` (an address, or ``@domain`` for the catch-all) at ``targets``.
 
-    Targets must be local accounts or local aliases: forwarding to other post
-    offices arrives with outbound delivery, and until then such an alias
-    would accept mail it cannot deliver.  Returns the normalised names.
+    A target in one of our domains must be an account or an alias (else the
+    alias would accept mail it cannot deliver); a target in any other domain
+    is forwarded to (``pillarbox.receive.forwarding``: SRS, ARC).  One alias
+    may mix both.  Returns the normalised names.
     """
     src = normalize_alias_source(source)
     _require_domain(store, src.rpartition("@")[2])
@@ -340,12 +341,8 @@ def add_alias(store: SQLiteStore, source: str, targets: list[str]) -> tuple[str,
         tgt = normalize_address(target)
         if tgt == src:
             raise AdminError(f"{src} cannot be an alias of itself")
-        if not directory.is_local_domain(tgt.rpartition("@")[2]):
-            raise AdminError(
-                f"target {tgt} is not in a local domain; forwarding to other domains "
-                "is not supported yet"
-            )
-        if directory.find_account(tgt) is None and not directory.alias_targets(tgt):
+        local = directory.is_local_domain(tgt.rpartition("@")[2])
+        if local and directory.find_account(tgt) is None and not directory.alias_targets(tgt):
             raise AdminError(f"target {tgt} is neither a local account nor a local alias")
         if tgt not in normalized:
             normalized.append(tgt)
@@ -380,17 +377,20 @@ def remove_alias(
 
 
 def dangling_aliases(store: SQLiteStore) -> list[tuple[str, str]]:
-    """(source, target) of aliases whose target is no longer an account or an alias.
+    """(source, target) of aliases whose target in a local domain is no longer an
+    account or an alias (targets in other domains are forwards, never dangling).
 
     Such targets are skipped at delivery; an alias left with none of its
     targets makes its address unknown (550 5.1.1).  Shown after removals.
     """
-    return store.reader.execute(
+    rows: list[tuple[str, str]] = store.reader.execute(
         "SELECT source, target FROM aliases"
         " WHERE target NOT IN (SELECT address FROM accounts)"
         " AND target NOT IN (SELECT source FROM aliases)"
         " ORDER BY source, target"
     ).fetchall()
+    directory = store.directory()
+    return [(s, t) for s, t in rows if directory.is_local_domain(t.rpartition("@")[2])]
 
 
 # ----------------------------------------------------------------------- queue

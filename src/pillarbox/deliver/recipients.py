@@ -9,16 +9,24 @@ the mailboxes.  Order, for ``local+tag@domain``:
 2. with sub-addressing (RFC 5233's ``user+detail``), the same for ``local@domain``;
 3. the domain's catch-all alias ``@domain``.
 
-Aliases expand recursively (one to many), to a bounded depth; targets that
-are not local accounts make the alias unusable for now, since forwarding to
-other post offices arrives with outbound delivery.
+Aliases expand recursively (one to many), to a bounded depth
+(``MAX_ALIAS_DEPTH``).  A target in a domain that is not ours is a
+*forward*: the receiving session queues a copy for it (sealed with ARC, its
+envelope sender rewritten with SRS: ``pillarbox.receive.forwarding``), so
+one alias may reach local accounts and other post offices at once.  A
+target in one of our domains that names nothing (a dangling alias) is
+skipped; an alias that reaches nothing at all makes its address unknown.
+
+An address that reaches only forwards resolves to ``FORWARD``: local
+delivery has nothing to put in a mailbox for it (the copies were queued at
+reception, as Postfix's cleanup expands virtual aliases before the queue).
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pillarbox.store.base import Account
 from pillarbox.store.directory import Directory
@@ -32,12 +40,17 @@ class Verdict(enum.Enum):
     LOCAL = "local"          # deliver to ``accounts``
     UNKNOWN = "unknown"      # local domain, no such user: 550 5.1.1
     REMOTE = "remote"        # not one of our domains: relay (denied without auth)
+    FORWARD = "forward"      # an alias of ours that reaches only other post offices
 
 
 @dataclass(frozen=True, slots=True)
 class Resolution:
+    """``accounts`` to deliver to; ``forwards``: remote addresses the alias reaches
+    (normalised, in the order found, once each), with LOCAL or FORWARD."""
+
     verdict: Verdict
     accounts: tuple[Account, ...] = ()
+    forwards: tuple[str, ...] = ()
 
 
 def split_address(address: str) -> tuple[str, str]:
@@ -69,28 +82,45 @@ def resolve(directory: Directory, local: str, domain: str, delimiters: str) -> R
         return Resolution(Verdict.REMOTE)
     candidates = [*lookup_keys(local, domain, delimiters), f"@{domain}"]
     for key in candidates:
-        accounts = _expand(directory, key, 0, set())
-        if accounts is not None:
-            return Resolution(Verdict.LOCAL, tuple(accounts)) if accounts else Resolution(
-                Verdict.UNKNOWN
-            )
+        reached = _Reached()
+        if _expand(directory, key, 0, set(), reached):
+            if reached.accounts:
+                return Resolution(Verdict.LOCAL, tuple(reached.accounts.values()),
+                                  tuple(reached.forwards))
+            if reached.forwards:
+                return Resolution(Verdict.FORWARD, (), tuple(reached.forwards))
+            return Resolution(Verdict.UNKNOWN)
     return Resolution(Verdict.UNKNOWN)
 
 
-def _expand(directory: Directory, key: str, depth: int, seen: set[str]) -> list[Account] | None:
-    """Accounts that ``key`` reaches, or None if ``key`` names nothing."""
+@dataclass(slots=True)
+class _Reached:
+    accounts: dict[int, Account] = field(default_factory=dict)
+    forwards: dict[str, None] = field(default_factory=dict)     # an ordered set
+
+
+def _expand(directory: Directory, key: str, depth: int, seen: set[str],
+            reached: _Reached) -> bool:
+    """Collect what ``key`` reaches into ``reached``; False if ``key`` names nothing."""
     if key in seen or depth > MAX_ALIAS_DEPTH:
-        return []
+        return True
     seen.add(key)
     targets = directory.alias_targets(key)
     if targets:
-        found: dict[int, Account] = {}
         for target in targets:
-            for reached in _expand(directory, target.lower(), depth + 1, seen) or ():
-                found.setdefault(reached.id, reached)
-        return list(found.values())
+            _, target_domain = split_address(target)
+            if target_domain and not directory.is_local_domain(target_domain.lower()):
+                # Another post office's address: its local part is its own
+                # (RFC 5321 2.4), kept as the alias names it.
+                reached.forwards.setdefault(target, None)
+            else:
+                _expand(directory, target.lower(), depth + 1, seen, reached)
+        return True
     account = directory.find_account(key)
-    return [account] if account is not None else None
+    if account is None:
+        return False
+    reached.accounts.setdefault(account.id, account)
+    return True
 
 
 def cached(directory: Directory, ttl: float = 1.0, max_entries: int = 10000) -> Directory:

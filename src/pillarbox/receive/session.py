@@ -59,6 +59,7 @@ from pillarbox.protocols.smtp.reply import (
     Reply,
 )
 from pillarbox.protocols.smtp.server import SMTPServerConnection
+from pillarbox.receive.forwarding import Forward, Forwarding, SRSError, is_srs
 from pillarbox.receive.origin import OriginChecks
 from pillarbox.receive.relay import Network, in_networks, literal_address, routing_trick
 from pillarbox.receive.senders import SenderCheck, not_yours
@@ -106,6 +107,9 @@ class ReceiverContext:
     reverse_dns: ReverseDNS | None = None
     # DKIM signing of our users' and trusted clients' mail (receive/signing.py); None: off.
     signing: DKIMSigning | None = None
+    # Aliases to other domains: SRS and ARC of the copies (receive/forwarding.py);
+    # None: such aliases are refused at RCPT, and SRS bounces are not reversed.
+    forwarding: Forwarding | None = None
     _space_checked: float = 0.0
     _space_ok: bool = True
     _directory: Directory | None = None
@@ -183,6 +187,8 @@ class Transaction:
     received_late: bool = False           # ... written at the end of DATA (reverse name)
     signed: str = ""                      # selectors of our DKIM signatures, for the log
     quarantine: bool = False              # a check said: into Junk (receive/origin.py)
+    forwards: list[Forward] = field(default_factory=list)   # aliases to other domains
+    forward_only: set[int] = field(default_factory=set)     # ... of recipients with no account
 
 
 RELAY_ROUTING = "Relay access denied: {why}"
@@ -388,6 +394,11 @@ class Session:
         verdict = resolution.verdict
         if ours and verdict is Verdict.REMOTE:
             verdict = Verdict.UNKNOWN     # for this host, and no user of it
+        if (trick is None and verdict is not Verdict.REMOTE and self.ctx.forwarding is not None
+                and is_srs(path.local_part)):
+            return self._srs_bounce(tx, path, event.params)
+        if verdict is Verdict.FORWARD and self.ctx.forwarding is None:
+            verdict = Verdict.UNKNOWN     # forwarding is not wired in this receiver
         if trick is not None:
             reply = Reply(RELAY_DENIED.code, RELAY_DENIED.status, RELAY_ROUTING.format(why=trick))
         elif verdict is Verdict.REMOTE and relay:
@@ -403,7 +414,14 @@ class Session:
             orcpt = f"{params.orcpt[0]};{xtext_encode(params.orcpt[1])}" if params.orcpt else None
             notify = ",".join(params.notify) if params.notify else None
             address = f"{path.local_part}@{path.ascii_domain}"
-            tx.recipients.append((path, EnvelopeRecipient(address, notify, orcpt)))
+            recipient = EnvelopeRecipient(address, notify, orcpt)
+            if resolution.forwards and self.ctx.forwarding is not None:
+                # An alias to other domains (receive/forwarding.py): a copy at the end of DATA.
+                if not resolution.accounts:
+                    tx.forward_only.add(len(tx.recipients))
+                tx.forwards.append(Forward(path.ascii_domain.lower(), recipient,
+                                           resolution.forwards))
+            tx.recipients.append((path, recipient))
             return Reply(250, "2.1.5", f"Recipient <{path}> ok")
         log_event(
             log, "rejected", client=self.client_address, helo=self.core.helo_name,
@@ -420,6 +438,30 @@ class Session:
         address = f"{path.local_part}@{path.ascii_domain}"
         tx.recipients.append((path, EnvelopeRecipient(address, notify, orcpt)))
         return Reply(250, "2.1.5", f"Recipient <{path}> ok")
+
+    def _srs_bounce(self, tx: Transaction, path: Mailbox, params: object) -> Reply:
+        """RCPT to an SRS address of ours (receive/srs.py): a bounce (or reply) to a
+        copy we forwarded, for its original sender; 550 5.1.1 unless the hash
+        is ours and the address not expired."""
+        assert self.ctx.forwarding is not None
+        try:
+            original = self.ctx.forwarding.reverse(path.local_part)
+            local, _, domain = original.rpartition("@")
+            target = Mailbox(local, domain)
+            verdict = self._resolve(target).verdict
+        except (SRSError, ValueError) as exc:
+            reply = Reply(550, "5.1.1", f"No such user here: {exc}")
+        else:
+            if verdict in (Verdict.REMOTE, Verdict.LOCAL):
+                log_event(log, "srs reversed", client=self.client_address, to=str(path),
+                          original=original)
+                return self._relay_to(tx, target, params)
+            reply = NO_SUCH_USER
+        log_event(
+            log, "rejected", client=self.client_address, helo=self.core.helo_name,
+            from_=_path_text(tx.reverse_path), to=str(path), reply=str(reply),
+        )
+        return reply
 
     def _our_literal(self, domain: str) -> bool:
         addr = literal_address(domain)
@@ -560,7 +602,8 @@ class Session:
         requiretls = bool(getattr(params, "requiretls", False))
         envelope = Envelope(
             reverse_path=_path_text(tx.reverse_path),
-            recipients=tuple(r for _, r in tx.recipients),
+            recipients=tuple(r for i, (_, r) in enumerate(tx.recipients)
+                             if i not in tx.forward_only),
             client_address=self.client_address,
             helo=self.core.helo_name or "",
             body=getattr(params, "body", None),
@@ -575,6 +618,12 @@ class Session:
         started = time.monotonic()
         try:
             enqueue = self.ctx.enqueue or self.ctx.store.enqueue
+            if tx.forwards:
+                forwarded = await self._forward(tx, envelope, enqueue)
+                if not envelope.recipients:    # only forwarded copies
+                    tx.writer.discard()
+                    self.messages += 1
+                    return Reply(250, "2.0.0", f"Ok: queued as {forwarded}")
             await enqueue(tx.queue_id, tx.writer, envelope)
         except (StorageFull, OSError) as exc:
             full = isinstance(exc, StorageFull) or disk_full(exc)
@@ -600,6 +649,25 @@ class Session:
             ms=round((time.monotonic() - started) * 1000, 1), status="queued",
         )
         return Reply(250, "2.0.0", f"Ok: queued as {tx.queue_id}")
+
+    async def _forward(self, tx: Transaction, envelope: Envelope,
+                       enqueue: Callable[[str, BlobWriter, Envelope], Awaitable[None]]) -> str:
+        """Queue the copies for aliases to other domains (receive/forwarding.py),
+        before the message's own entry (whose hand-over may release the spool);
+        the queue ids.  Raises as ``enqueue`` does."""
+        forwarding = self.ctx.forwarding
+        assert forwarding is not None and tx.writer is not None
+        origin = self._origin
+        try:
+            queued = await forwarding.enqueue_copies(
+                tx.forwards, tx.writer, envelope,
+                authserv_id=origin.authserv_id if origin is not None else None,
+                is_local_domain=self.ctx.directory.is_local_domain,
+                new_blob=self.ctx.store.new_blob, enqueue=enqueue)
+        except BaseException:
+            tx.writer.discard()
+            raise
+        return ",".join(qid for qid, _ in queued)
 
     async def _late_received(self, tx: Transaction) -> Reply | None:
         """Our Received: line in front of the spooled message, once the client's
