@@ -438,7 +438,14 @@ async def _queue_main(config: Config) -> int:
     else:
         remote = _remote_delivery(config)
     # [queue] and [delivery] of the configuration.
-    manager = QueueManager.from_config(store, config, remote=remote)
+    from pillarbox.receive.srs import SRS
+
+    srs = SRS.in_data_dir(config.server.data_dir)
+    manager = QueueManager.from_config(
+        store, config, remote=remote,
+        # a forwarded copy that fails is reported to its original sender (the
+        # directory of the calling thread: reports are made in commit threads)
+        return_path=lambda address: srs.return_path(address, store.directory().is_local_domain))
     stop = await _stop_event()
     task = asyncio.create_task(manager.run())
     reports = asyncio.create_task(ReportJob.from_config(store, config).run_daily(stop))

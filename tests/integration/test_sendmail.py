@@ -433,3 +433,31 @@ def test_pillarbox_c_and_mailq_of_a_deferred_entry(server_factory):
     assert text[1].startswith(entry.id + " ") and text[1].endswith("MAILER-DAEMON")
     assert text[2] == "(451 4.4.1 No answer from mx.example.net)"
     assert text[3].strip() == "alice@example.test"
+
+
+def test_aliases_that_forward_are_expanded_into_the_queue(server_factory):
+    """sendmail goes straight into the queue, not through a receiving session, so an
+    alias to other domains is expanded there: each remote target becomes an envelope
+    recipient with the alias as its ORCPT; an alias reaching only other domains is
+    itself left out (local delivery would have no mailbox for it)."""
+    from pillarbox.admin import commands
+
+    server = server_factory({"server.hostname": HOST}, accounts=ACCOUNTS, start=False)
+    store = SQLiteStore(server.data_dir)
+    try:
+        commands.add_alias(store, "root@example.test",
+                           ["alice@example.test", "admin@elsewhere.test"])
+        commands.add_alias(store, "ops@example.test", ["ops@elsewhere.test"])
+    finally:
+        store.close()
+    config = write_config(server)
+    result = sendmail(config, "-i", "root", "ops@example.test", "bob@example.test",
+                      data=b"Subject: disk full\n\n/var is at 99%\n")
+    assert result.returncode == 0, result.stderr
+    [entry] = queue(server)
+    assert [(r.address, r.orcpt) for r in entry.recipients] == [
+        ("root@example.test", None),
+        ("admin@elsewhere.test", "rfc822;root@example.test"),
+        ("ops@elsewhere.test", "rfc822;ops@example.test"),
+        ("bob@example.test", None),
+    ]

@@ -471,3 +471,25 @@ def enqueue_fresh(m: QueueManager, recipients: list[str]) -> str:
                           "helo": "c.test", "recipients": [{"address": r} for r in recipients]}}
     asyncio.ensure_future(m.handle(frame))
     return queue_id
+
+
+def test_a_failed_forwarded_copy_is_reported_to_the_original_sender(tmp_path):
+    """A forwarded copy's reverse path is an SRS address of ours (receive/srs.py);
+    its report goes where that address stands for, through ``return_path``."""
+    from pillarbox.receive.srs import SRS
+
+    store = open_store(tmp_path)
+    srs = SRS((b"secret of the test",))
+    rewritten = srs.forward(ALICE, "example.test")
+
+    def script(domain: str, m: OutboundMessage) -> list[Outcome]:
+        return [Outcome(r.idx, "failed", "550 5.1.1 no such user", "5.1.1", "mx.remote.test")
+                for r in m.recipients]
+
+    enqueue(store, ["gone@remote.test"], sender=rewritten)
+    run_queue(manager(store, ScriptedRemote(script), return_path=lambda a: srs.return_path(
+        a, store.directory().is_local_domain)))
+    [dsn] = inbox(store, ALICE)
+    assert dsn["To"] == ALICE
+    assert "gone@remote.test" in report_parts(dsn)[0]
+    store.close()

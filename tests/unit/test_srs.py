@@ -122,3 +122,20 @@ def test_secret_file_is_made_once_private(tmp_path: Path) -> None:
         load_secrets(path)
     with pytest.raises(ValueError):
         SRS(())
+
+
+def test_return_path_of_reports(srs: SRS) -> None:
+    """Reports about a forwarded copy go to the original sender; anything that is not
+    one of our valid SRS addresses stays as it is."""
+    ours = {"fwd.example"}.__contains__
+    rewritten = srs.forward("alice@example.org", "fwd.example")
+    assert srs.return_path(rewritten, ours) == "alice@example.org"
+    assert srs.return_path(rewritten.upper().replace("FWD.EXAMPLE", "Fwd.Example"),
+                           ours) == "ALICE@EXAMPLE.ORG"
+    # not our domain, not SRS, a forged hash: unchanged
+    assert srs.return_path(rewritten.replace("fwd.example", "other.example"),
+                           ours) == rewritten.replace("fwd.example", "other.example")
+    assert srs.return_path("bob@fwd.example", ours) == "bob@fwd.example"
+    forged = "SRS0=AAAA=" + local_of(rewritten).split("=", 2)[2] + "@fwd.example"
+    assert srs.return_path(forged, ours) == forged
+    assert srs.return_path("", ours) == ""

@@ -413,7 +413,7 @@ async def _deliver(opts: Options, cfg: Config, stdin: BinaryIO, err: TextIO,
                 raise SubmitError("no recipient addresses found in the message header",
                                   EX_DATAERR)
             raise SubmitError("no recipients: give them as arguments, or use -t", EX_USAGE)
-        check_recipients(store, recipients, cfg.delivery.recipient_delimiter)
+        forwards = check_recipients(store, recipients, cfg.delivery.recipient_delimiter)
 
         head = received_line(queue_id, who) + fix_header(
             header, queue_id, who, add_missing=not opts.gateway
@@ -425,10 +425,11 @@ async def _deliver(opts: Options, cfg: Config, stdin: BinaryIO, err: TextIO,
             body = "8BITMIME" if eight_bit else opts.body
             envelope = local_envelope(Envelope(
                 reverse_path=str(sender) if sender else "",
-                recipients=dsn_recipients(recipients, opts.notify),
+                recipients=dsn_recipients(recipients, opts.notify, forwards),
                 client_address="local", helo="",
                 body=body,
-                smtputf8=needs_utf8(header, sender, recipients),
+                smtputf8=needs_utf8(header, sender, recipients) or any(
+                    not a.isascii() for remote, _ in forwards.values() for a in remote),
                 dsn_ret=opts.ret, dsn_envid=opts.envid,
             ), uid, user)
             queued = await commit(store, queue_id, writer, envelope, socket_path(store))

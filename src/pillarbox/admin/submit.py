@@ -51,6 +51,7 @@ from pillarbox.mime.dates import format_date
 from pillarbox.mime.generate import address_field, needs_smtputf8
 from pillarbox.mime.headers import HeaderField, split_fields, unfold
 from pillarbox.protocols.smtp.address import Mailbox, parse_path
+from pillarbox.protocols.smtp.params import xtext_encode
 from pillarbox.protocols.smtp.reply import RemoteProtocolError
 from pillarbox.store.base import Envelope, EnvelopeRecipient
 from pillarbox.store.blobs import BlobWriter
@@ -307,34 +308,58 @@ def parse_sender(text: str, default_domain: str) -> Mailbox | None:
 
 def check_recipients(
     store: SQLiteStore, recipients: Sequence[Mailbox], delimiters: str
-) -> None:
-    """Refuse the message if a recipient in a local domain does not exist (EX_NOUSER)."""
+) -> dict[str, tuple[tuple[str, ...], bool]]:
+    """Refuse the message if a recipient in a local domain does not exist (EX_NOUSER).
+
+    Returns the aliases among them that forward to other domains: recipient
+    text → (the remote addresses, whether the alias reaches only those).  Mail
+    submitted here goes straight into the queue, not through a receiving
+    session, so :func:`dsn_recipients` queues the forwards themselves (as
+    Postfix's cleanup expands aliases before the queue); with our own sender
+    there is nothing to rewrite with SRS, and nothing received to seal.
+    """
     directory = store.directory()
     unknown = []
+    forwards: dict[str, tuple[tuple[str, ...], bool]] = {}
     for r in recipients:
         if r.is_literal:
             continue
-        if resolve(directory, r.local_part, r.ascii_domain, delimiters).verdict is Verdict.UNKNOWN:
+        found = resolve(directory, r.local_part, r.ascii_domain, delimiters)
+        if found.verdict is Verdict.UNKNOWN:
             unknown.append(str(r))
+        elif found.forwards:
+            forwards[address_text(r)] = (found.forwards, found.verdict is Verdict.FORWARD)
     if unknown:
         raise SubmitError(
             f"no such user here: {', '.join(unknown)} (nothing was sent)", EX_NOUSER
         )
+    return forwards
 
 
 def dsn_recipients(
-    recipients: Sequence[Mailbox], notify: tuple[str, ...] | None
+    recipients: Sequence[Mailbox], notify: tuple[str, ...] | None,
+    forwards: dict[str, tuple[tuple[str, ...], bool]] | None = None,
 ) -> tuple[EnvelopeRecipient, ...]:
-    """Envelope recipients, duplicates dropped, with the NOTIFY of ``-N`` (RFC 3461 §4.1)."""
+    """Envelope recipients, duplicates dropped, with the NOTIFY of ``-N`` (RFC 3461 §4.1);
+    an alias that forwards adds its remote addresses, each with the alias as its
+    ORCPT (RFC 3461 §4.2), and is itself left out when it reaches nothing else."""
     seen: set[str] = set()
     out = []
+    notified = ",".join(notify) if notify else None
+
+    def add(address: str, orcpt: str | None) -> None:
+        key = address.lower()
+        if key not in seen:
+            seen.add(key)
+            out.append(EnvelopeRecipient(address, notified, orcpt))
+
     for r in recipients:
         text = address_text(r)
-        key = text.lower()
-        if key in seen:
-            continue
-        seen.add(key)
-        out.append(EnvelopeRecipient(text, ",".join(notify) if notify else None))
+        remote, only = (forwards or {}).get(text, ((), False))
+        if not only:
+            add(text, None)
+        for address in remote:
+            add(address, f"rfc822;{xtext_encode(text)}")
     return tuple(out)
 
 

@@ -21,7 +21,7 @@ retry and bounce (STYLE.md rule 5).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from pillarbox.deliver.outbound import Outcome
@@ -56,10 +56,14 @@ def _event(r: RecipientState, action: str, status: str, reply: str,
 
 class Ledger:
     def __init__(self, schedule: Schedule, reporting_mta: str, postmaster: str, *,
-                 report_lease: float = LEASE_SECONDS) -> None:
+                 report_lease: float = LEASE_SECONDS,
+                 return_path: Callable[[str], str] | None = None) -> None:
         self.schedule = schedule
         self.reporting_mta = reporting_mta
         self.postmaster = postmaster
+        # Where reports to a reverse path go (SRS addresses of forwarded copies
+        # are reversed to their original senders: receive/srs.py).
+        self.return_path = return_path
         # The manager delivers its reports on the fast path; others leave them due.
         self.report_lease = report_lease
 
@@ -71,7 +75,10 @@ class Ledger:
         chosen = wanted(events)
         if not chosen:
             return
-        message = Message(entry.id, entry.reverse_path, entry.arrived, entry.dsn_ret,
+        sender = entry.reverse_path
+        if sender and self.return_path is not None:
+            sender = self.return_path(sender)
+        message = Message(entry.id, sender, entry.arrived, entry.dsn_ret,
                           entry.dsn_envid, tuple(r.address for r in entry.recipients),
                           entry.requiretls)
         try:

@@ -44,6 +44,7 @@ import functools
 import logging
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -141,6 +142,7 @@ class QueueManager:
         remote: RemoteDelivery | None = None, schedule: Schedule | None = None,
         hostname: str = "localhost", postmaster: str = "", active_limit: int = 10000,
         concurrency: int = 100, destination_concurrency: int = 20,
+        return_path: Callable[[str], str] | None = None,
     ) -> None:
         self.store = store
         self.delimiters = delimiters
@@ -149,7 +151,8 @@ class QueueManager:
         self.schedule = schedule or Schedule()
         self.hostname = hostname
         self._postmaster = postmaster
-        self.ledger = Ledger(self.schedule, hostname, postmaster or f"postmaster@{hostname}")
+        self.ledger = Ledger(self.schedule, hostname, postmaster or f"postmaster@{hostname}",
+                             return_path=return_path)
         self.dispatcher = Dispatcher(
             self._attempt_remote, concurrency=concurrency,
             destination_concurrency=destination_concurrency, active_limit=active_limit,
@@ -168,7 +171,8 @@ class QueueManager:
 
     @classmethod
     def from_config(cls, store: SQLiteStore, config: Config,
-                    remote: RemoteDelivery | None = None) -> QueueManager:
+                    remote: RemoteDelivery | None = None,
+                    return_path: Callable[[str], str] | None = None) -> QueueManager:
         q = config.queue
         return cls(
             store, delimiters=config.delivery.recipient_delimiter, batch=q.delivery_batch,
@@ -176,7 +180,7 @@ class QueueManager:
             schedule=Schedule(q.retry_first, q.retry_max, q.lifetime, q.delay_warning),
             hostname=config.server.hostname, postmaster=q.postmaster,
             active_limit=q.active_limit, concurrency=q.concurrency,
-            destination_concurrency=q.destination_concurrency,
+            destination_concurrency=q.destination_concurrency, return_path=return_path,
         )
 
     # ----------------------------------------------------------------- intake

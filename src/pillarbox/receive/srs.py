@@ -44,6 +44,7 @@ import hmac
 import os
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,6 +114,20 @@ class SRS:
         return f"SRS0={self._hash(body)}={body}@{forwarder_domain}"
 
     # ------------------------------------------------------------ reverse
+
+    def return_path(self, address: str, is_local_domain: Callable[[str], bool]) -> str:
+        """Where a report about mail whose reverse path is ``address`` goes: for
+        one of our SRS addresses that verifies, the address it stands for (a
+        forwarded copy that failed is reported to its original sender); any
+        other address unchanged (an invalid one then fails like any unknown
+        local address, and the report reaches the postmaster)."""
+        local, _, domain = address.rpartition("@")
+        if not local or not is_srs(local) or not is_local_domain(domain.lower()):
+            return address
+        try:
+            return self.reverse(local)
+        except SRSError:
+            return address
 
     def reverse(self, local_part: str, *, now: float | None = None) -> str:
         """Where a message to ``local_part@<one of our domains>`` goes back to.
