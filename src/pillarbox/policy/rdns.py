@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 
 from pillarbox.policy.authres import MethodResult
 from pillarbox.policy.dns import DNSTemporaryError, Resolver
+from pillarbox.policy.memo import Memo
 from pillarbox.policy.verdict import Action, Verdict
 
 __all__ = ["HeloCheck", "HeloOutcome", "HeloResult", "IPRevResult", "ReverseDNS",
@@ -210,9 +211,16 @@ class ReverseDNS:
 
     resolver: Resolver
     timeout: float = TIMEOUT
+    #: names by address, temperror never (``policy/memo.py``)
+    memo: Memo[ReverseName] = field(default_factory=Memo, repr=False, compare=False)
 
     async def lookup(self, ip: str) -> ReverseName:
-        return await verified_reverse_name(ip, self.resolver, timeout=self.timeout)
+        found = self.memo.get(ip)
+        if found is None:
+            found = await verified_reverse_name(ip, self.resolver, timeout=self.timeout)
+            if found.result is not IPRevResult.TEMPERROR:
+                self.memo.put(ip, found)
+        return found
 
     def start(self, ip: str) -> asyncio.Task[ReverseName] | None:
         """Begin the lookup; None for an address that is not an IP address (a Unix
@@ -322,6 +330,8 @@ class HeloCheck:
     reject: frozenset[HeloOutcome] = frozenset()
     name: str = "helo"
     _ours: frozenset[IPAddress] = field(init=False, repr=False, default=frozenset())
+    #: outcomes by (ip, HELO, our addresses), temperror never (``policy/memo.py``)
+    memo: Memo[HeloResult] = field(default_factory=Memo, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         bad = self.reject & {HeloOutcome.OK, HeloOutcome.TEMPERROR}
@@ -340,6 +350,16 @@ class HeloCheck:
         """What ``helo`` (from the client at ``ip``) is; never raises for the
         client's text or the DNS.  ``local_addresses``: the address(es) of ours
         the client reached, ours for this connection as ``our_addresses`` are."""
+        local_addresses = tuple(local_addresses)
+        key = (ip, helo, local_addresses)
+        found = self.memo.get(key)
+        if found is None:
+            found = await self._evaluate(ip, helo, local_addresses)
+            if found.outcome is not HeloOutcome.TEMPERROR:
+                self.memo.put(key, found)
+        return found
+
+    async def _evaluate(self, ip: str, helo: str, local_addresses: Iterable[str]) -> HeloResult:
         try:
             client: IPAddress | None = _client(ip)
         except ValueError:

@@ -62,11 +62,12 @@ import functools
 import ipaddress
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import idna
 
 from pillarbox.policy.dns import Answer, DNSTemporaryError, Resolver
+from pillarbox.policy.memo import Memo
 from pillarbox.policy.spf_macro import (
     MacroError,
     MacroString,
@@ -657,6 +658,8 @@ class SPFCheck:
     reject_fail: bool = False
     permerror: Action = Action.TAG
     name: str = "spf"
+    #: results by (ip, sender, HELO), temperror never (``policy/memo.py``)
+    memo: Memo[SPFResult] = field(default_factory=Memo, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.permerror not in (Action.TAG, Action.REJECT, Action.ACCEPT):
@@ -664,7 +667,14 @@ class SPFCheck:
                              f"not {self.permerror.value}")
 
     async def evaluate(self, ip: str | IPAddress, mail_from: str, helo: str) -> SPFResult:
-        return await check_mail_from(ip, mail_from, helo, self.resolver, receiver=self.receiver)
+        key = (str(ip), mail_from, helo)
+        found = self.memo.get(key)
+        if found is None:
+            found = await check_mail_from(ip, mail_from, helo, self.resolver,
+                                          receiver=self.receiver)
+            if found.result is not Result.TEMPERROR:
+                self.memo.put(key, found)
+        return found
 
     async def __call__(self, ip: str | IPAddress, mail_from: str, helo: str) -> Verdict:
         return self.verdict(await self.evaluate(ip, mail_from, helo))

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
@@ -35,8 +37,9 @@ from pillarbox.log import log_event
 from pillarbox.policy.authres import AuthenticationResults, MethodResult, remove_ours
 from pillarbox.policy.dkim.verify import DKIMResult, VerifyPolicy, verify
 from pillarbox.policy.dmarc import DKIMOutcome, DMARCCheck, DMARCResult, SPFOutcome
+from pillarbox.policy.dmarc import Status as DMARCStatus
 from pillarbox.policy.dns import Resolver
-from pillarbox.policy.rdns import HeloCheck, HeloResult, ReverseName
+from pillarbox.policy.rdns import HeloCheck, HeloResult, IPRevResult, ReverseName
 from pillarbox.policy.spf import Result as SPFStatus
 from pillarbox.policy.spf import SPFCheck, SPFResult
 from pillarbox.policy.verdict import Action, Verdict
@@ -52,6 +55,8 @@ log = logging.getLogger("pillarbox.receive.origin")
 
 SPF_WAIT = 20.0      # seconds the end of DATA waits for SPF's lookups at most
 CLIENT_WAIT = 10.0   # ... for the reverse name and the HELO check (begun long before)
+MEMO_SECONDS = 10.0  # how long the judgement of unsigned mail is reused (see OriginChecks)
+MEMO_SIZE = 4096
 
 T = TypeVar("T")
 
@@ -86,6 +91,9 @@ class OriginChecks:
     dmarc: DMARCCheck | None = None
     helo: HeloCheck | None = None
     reports: DMARCRecorder | None = None   # counts for DMARC aggregate reports (pillarbox.reports)
+    #: Judgements of unsigned mail, by everything they were made of (see :meth:`judge`).
+    _memo: dict[tuple[object, ...], tuple[float, Verdict, bytes, DMARCResult | None]] = field(
+        default_factory=dict, repr=False)
 
     def strip(self, header_block: bytes) -> bytes:
         """The header block without fields claiming our authserv-id (RFC 8601 §5)."""
@@ -126,6 +134,22 @@ class OriginChecks:
                 v = Verdict(v.check, Action.TAG, None, v.reason)
             if v.is_final:
                 return Judgement(v, self._header(methods), spf)
+        # A message without DKIM or ARC fields is judged by the client, the
+        # envelope and its From: fields alone, all of them DNS answers that
+        # are cached anyway: the same sending server sending the next message
+        # of the same author gets the same result.  So that judgement (and its
+        # rendered header) is reused for MEMO_SECONDS, unless something in it
+        # was temporary or sampled (pct).  The aggregate-report counts are
+        # still made per message.
+        key = self._memo_key(message, iprev, helo_result, spf, verdict, receiving_domains)
+        if key is not None:
+            hit = self._memo.get(key)
+            if hit is not None and hit[0] > time.monotonic():
+                _, memo_verdict, header, memo_dmarc = hit
+                if self.reports is not None and memo_dmarc is not None:
+                    self.reports.record(memo_dmarc, self.client_ip(spf, iprev), spf, [],
+                                        memo_verdict)
+                return Judgement(memo_verdict, header, spf, [], memo_dmarc, iprev, helo_result)
         dkim_results: list[DKIMResult] = []
         if self.dkim is not None:
             if message is None:
@@ -154,8 +178,26 @@ class OriginChecks:
                 verdict = v
         if self.reports is not None and dmarc is not None:
             self.reports.record(dmarc, self.client_ip(spf, iprev), spf, dkim_results, verdict)
-        return Judgement(verdict, self._header(methods), spf, dkim_results, dmarc, iprev,
-                         helo_result)
+        header = self._header(methods)
+        if key is not None and _lasting(spf, iprev, dmarc, verdict):
+            if len(self._memo) >= MEMO_SIZE:
+                self._memo.clear()
+            self._memo[key] = (time.monotonic() + MEMO_SECONDS, verdict, header, dmarc)
+        return Judgement(verdict, header, spf, dkim_results, dmarc, iprev, helo_result)
+
+    def _memo_key(self, message: bytes | None, iprev: ReverseName | None,
+                  helo: HeloResult | None, spf: SPFResult | None, verdict: Verdict,
+                  receiving_domains: Iterable[str]) -> tuple[object, ...] | None:
+        """What the judgement of an unsigned message depends on, or None when
+        it depends on more (signatures, an ARC chain) or cannot be reused."""
+        if message is None:
+            return None
+        block = _header_block(message)
+        lowered = block.lower()
+        if b"dkim-signature" in lowered or b"arc-" in lowered:
+            return None
+        authors = tuple(block[m.start():m.end()] for m in _FROM.finditer(lowered))
+        return (iprev, helo, spf, verdict, authors, tuple(receiving_domains))
 
     @staticmethod
     def client_ip(spf: SPFResult | None, iprev: ReverseName | None) -> str | None:
@@ -208,6 +250,25 @@ def _spf_method(spf: SPFResult) -> MethodResult:
 def _dkim_method(r: DKIMResult) -> MethodResult:
     return MethodResult.dkim(r.result.value, r.domain or None, r.selector or None,
                              r.header_b or None, reason=r.reason or None)
+
+
+# Every From: field with its continuation lines (found in a lower-cased copy).
+_FROM = re.compile(rb"^from[ \t]*:[^\n]*(?:\n[ \t][^\n]*)*", re.MULTILINE)
+
+
+def _lasting(spf: SPFResult | None, iprev: ReverseName | None, dmarc: DMARCResult | None,
+             verdict: Verdict) -> bool:
+    """Whether a judgement may be reused: nothing temporary in it, no sampling."""
+    if verdict.action is Action.DEFER:
+        return False
+    if spf is not None and spf.result is SPFStatus.TEMPERROR:
+        return False
+    if iprev is not None and iprev.result is IPRevResult.TEMPERROR:
+        return False
+    if dmarc is not None and (dmarc.result is DMARCStatus.TEMPERROR
+                              or (dmarc.record is not None and dmarc.record.pct != 100)):
+        return False
+    return True
 
 
 def _header_block(message: bytes) -> bytes:
