@@ -76,6 +76,29 @@ def canonical_flag(flag: str) -> str:
 _FLAG_SETS: dict[str, frozenset[str]] = {}
 
 
+def _flag_rows(conn: sqlite3.Connection, mailbox_id: int,
+               uids: list[int]) -> list[tuple[int, str, int]]:
+    """(uid, flags, modseq) of those of ``uids`` that exist: one range read when
+    they lie close together (a statement prepared once, not one per length of
+    an ``IN`` list), else ``IN`` lists of at most 500."""
+    if not uids:
+        return []
+    lo, hi = min(uids), max(uids)
+    if hi - lo < 2 * len(uids):
+        wanted = set(uids)
+        return [r for r in conn.execute(
+            "SELECT uid, flags, modseq FROM messages WHERE mailbox = ? AND uid BETWEEN ? AND ?",
+            (mailbox_id, lo, hi)) if r[0] in wanted]
+    rows: list[tuple[int, str, int]] = []
+    for start in range(0, len(uids), 500):
+        chunk = uids[start:start + 500]
+        marks = ",".join("?" * len(chunk))
+        rows += conn.execute(
+            f"SELECT uid, flags, modseq FROM messages WHERE mailbox = ? AND uid IN ({marks})",
+            (mailbox_id, *chunk)).fetchall()
+    return rows
+
+
 def parse_flags(text: str) -> frozenset[str]:
     """The flags of a ``flags`` column; the same few sets recur, so they are shared."""
     found = _FLAG_SETS.get(text)
@@ -325,14 +348,18 @@ class MailStoreMixin:
         return self._mailbox_row(row), uids, unseen
 
     def messages_by_uid(self, mailbox_id: int, uids: list[int]) -> list[MessageMeta]:
-        """The messages among ``uids`` that still exist, by UID."""
-        if len(uids) > 2000:
-            lo, hi = uids[0], uids[-1]
+        """The messages among ``uids`` that still exist, by UID.
+
+        A range read when the UIDs are close together (most sets clients send
+        are ranges): one statement whatever their number, where an ``IN``
+        list is a new statement to prepare for each length."""
+        lo, hi = (min(uids), max(uids)) if uids else (0, -1)
+        if len(uids) > 2000 or hi - lo < 2 * len(uids):
             wanted = set(uids)
             rows = self.reader.execute(
                 f"SELECT {self._META_COLUMNS} FROM messages WHERE mailbox = ?"
                 " AND uid BETWEEN ? AND ? ORDER BY uid",
-                (mailbox_id, min(lo, hi), max(lo, hi)),
+                (mailbox_id, lo, hi),
             ).fetchall()
             return [self._meta(r) for r in rows if r[0] in wanted]
         out: list[MessageMeta] = []
@@ -865,20 +892,14 @@ class MailStoreMixin:
             _, _, modseq, keywords = self._next_modseq(conn, mailbox_id)
             updates: list[FlagUpdate] = []
             failed: list[int] = []
-            for start in range(0, len(uids), 500):
-                chunk = uids[start:start + 500]
-                marks = ",".join("?" * len(chunk))
-                for uid, text, old_modseq in conn.execute(
-                    f"SELECT uid, flags, modseq FROM messages WHERE mailbox = ? AND uid IN ({marks})",
-                    (mailbox_id, *chunk),
-                ).fetchall():
-                    if unchangedsince is not None and old_modseq > unchangedsince:
-                        failed.append(uid)
-                        continue
-                    old = parse_flags(text)
-                    new = old | wanted if mode == "+" else old - wanted if mode == "-" else wanted
-                    if new != old:
-                        updates.append(FlagUpdate(uid, new, modseq))
+            for uid, text, old_modseq in _flag_rows(conn, mailbox_id, uids):
+                if unchangedsince is not None and old_modseq > unchangedsince:
+                    failed.append(uid)
+                    continue
+                old = parse_flags(text)
+                new = old | wanted if mode == "+" else old - wanted if mode == "-" else wanted
+                if new != old:
+                    updates.append(FlagUpdate(uid, new, modseq))
             if updates:
                 conn.executemany(
                     "UPDATE messages SET flags = ?, modseq = ? WHERE mailbox = ? AND uid = ?",
