@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from ..mime.addresses import Group, Mailbox, parse_address_list
 from ..mime.dates import parse_date
 from ..mime.headers import decode_text, decode_words, unfold
-from ..mime.imap import bodystructure, envelope
+from ..mime.imap import bodystructures, envelope
 from ..mime.parser import Part, parse
 from ..store.base import MessageMeta
 
@@ -200,10 +200,11 @@ def compute_from(root: Part) -> CacheEntry:
     cc = _first_mailbox(h.value("Cc"), addresses)
     offset = date.utcoffset() if date is not None else None
     mid = message_ids(h.value("Message-ID"))
+    structure, body = bodystructures(root)
     return CacheEntry(
         envelope=env,
-        bodystructure=bodystructure(root),
-        body=bodystructure(root, extended=False),
+        bodystructure=structure,
+        body=body,
         date=None if date is None else date.timestamp(),
         date_offset=None if offset is None else int(offset.total_seconds() // 60),
         subject=subject,

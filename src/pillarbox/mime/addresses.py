@@ -69,7 +69,7 @@ ATOM, QUOTED, SPECIAL, LITERAL = "atom", "quoted", "special", "literal"
 _FAST = re.compile(
     rb'[ \t\r\n]*(?:([^()<>\[\]:;@\\,."\x20\t\r\n]+)|"([^"\\\r\n]*)"'
     rb'|(\[[^\]]*\]?)|([)<>\]:;@\\,.]))')
-_KINDS = (None, ATOM, QUOTED, LITERAL, SPECIAL)
+_KINDS = ("", ATOM, QUOTED, LITERAL, SPECIAL)   # by group number
 
 
 def _tokenize(s: bytes) -> list[tuple[str, bytes, bytes]]:
@@ -85,8 +85,8 @@ def _tokenize(s: bytes) -> list[tuple[str, bytes, bytes]]:
     while i < n:
         m = match(s, i)
         if m is not None:
-            kind = m.lastindex
-            append((_KINDS[kind], m.group(kind), comment))    # type: ignore[index]
+            kind = m.lastindex or 0     # always a group: every alternative has one
+            append((_KINDS[kind], m.group(kind), comment))
             comment = b""
             i = m.end()
             continue

@@ -21,6 +21,7 @@ from .parser import Part
 __all__ = [
     "SectionError",
     "bodystructure",
+    "bodystructures",
     "envelope",
     "fetch_binary",
     "fetch_section",
@@ -274,6 +275,42 @@ def bodystructure(part: Part, extended: bool = True) -> bytes:
     if extended:
         items += _extension(part, False)
     return b"(" + b" ".join(items) + b")"
+
+
+def bodystructures(part: Part) -> tuple[bytes, bytes]:
+    """``(BODYSTRUCTURE, BODY)`` of ``part`` in one walk: the same octets as
+    :func:`bodystructure` with and without ``extended``, each field read and
+    each enclosed message's ENVELOPE rendered once for both."""
+    if _plain_7bit(part):
+        base = (b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" %d %d'
+                % (part.body_size, part.lines))
+        return base + b" NIL NIL NIL NIL)", base + b")"
+    if part.is_multipart:
+        if part.children:
+            pairs = [bodystructures(c) for c in part.children]
+            inner_ext = b"".join(p[0] for p in pairs)
+            inner = b"".join(p[1] for p in pairs)
+        else:
+            inner_ext, inner = _EMPTY_TEXT + b" NIL NIL NIL NIL)", _EMPTY_TEXT + b")"
+        sub = nstring(part.subtype_raw.encode("latin-1"))
+        params = _params(part.params_raw)
+        ext = [inner_ext, sub, _list(params) if params else b"NIL", *_extension(part, True)]
+        return b"(" + b" ".join(ext) + b")", b"(" + inner + b" " + sub + b")"
+    typ, sub, params = _type_fields(part)
+    items = [typ, sub, _list(params) if params else b"NIL",
+             _field_string(part, "Content-ID"), _field_string(part, "Content-Description"),
+             nstring(part.transfer_encoding_raw), str(part.body_size).encode()]
+    basic = items
+    if part.message is not None:
+        env = envelope(part.message)
+        inner_ext, inner = bodystructures(part.message)
+        lines = str(part.lines).encode()
+        basic = items + [env, inner, lines]
+        items = items + [env, inner_ext, lines]
+    elif part.type == "text":
+        items = basic = items + [str(part.lines).encode()]
+    return (b"(" + b" ".join(items + _extension(part, False)) + b")",
+            b"(" + b" ".join(basic) + b")")
 
 
 # --- BODY[section] and BINARY[section] ------------------------------------------------
