@@ -37,6 +37,17 @@ from pbxbench import add_user, start_pillarbox, tree
 
 
 
+def _role(pid: int) -> str:
+    """The role of a Pillarbox process, from its pid file in the data directory."""
+    for f in (Path(f"/proc/{pid}/cwd").resolve() / "data" / "run").glob("*.pid"):
+        try:
+            if int(f.read_text().split()[0]) == pid:
+                return f.stem
+        except (OSError, ValueError, IndexError):
+            continue
+    return "supervisor"
+
+
 def pss_kib(pid: int) -> int:
     try:
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
@@ -111,6 +122,8 @@ async def main_async(args: argparse.Namespace, imap_port: int, smtp_port: int,
     print(f"pss_total_kib={pss}")
     print(f"pss_total_mib={pss / 1024:.1f}")
     print(f"pss_per_session_kib={(pss / max(1, len(sessions))):.2f}")
+    for p in pids:
+        print(f"pss_kib_pid{p}={pss_kib(p)}  # {_role(p)}")
     start = [0.0]
     waiters = [asyncio.ensure_future(wait_exists(s, start)) for s in sessions]
     await asyncio.sleep(0.5)
