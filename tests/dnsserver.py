@@ -5,6 +5,7 @@ reached it is counted from its query log."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import socket
 import subprocess
@@ -89,3 +90,17 @@ def dnsmasq(directory: Path, zone: Sequence[str]) -> Iterator[DNSServer]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def dkim_test_key(bits: int = 1024) -> tuple[bytes, str]:
+    """A fresh RSA key for a test signer: its PKCS#8 PEM and the base64 public
+    key that goes into the DNS as ``p=``."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    der = key.public_key().public_bytes(serialization.Encoding.DER,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo)
+    return pem, base64.b64encode(der).decode()

@@ -18,7 +18,6 @@ is refused with 550 5.1.1.
 from __future__ import annotations
 
 import asyncio
-import base64
 import re
 import smtplib
 import threading
@@ -29,8 +28,6 @@ from pathlib import Path
 import dkim
 import dns.resolver
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from pillarbox.admin import commands
 from pillarbox.admin.dkim import generate
@@ -40,23 +37,14 @@ from pillarbox.policy.dns import DNSResolver
 from pillarbox.store.sqlite.dkim_keys import SQLiteDKIMKeys
 from pillarbox.store.sqlite.store import SQLiteStore
 from tests.conftest import Server
-from tests.dnsserver import DNSServer, dnsmasq
+from tests.dnsserver import DNSServer, dkim_test_key, dnsmasq
 from tests.integration.test_remote_delivery import CorePeer, Received
 
 HOST = "mx.example.test"
 SENDER = "bob@sender.test"
 
 
-def _author_key() -> tuple[bytes, str]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    der = key.public_key().public_bytes(serialization.Encoding.DER,
-                                        serialization.PublicFormat.SubjectPublicKeyInfo)
-    return pem, base64.b64encode(der).decode()
-
-
-AUTHOR_KEY, AUTHOR_PUBLIC = _author_key()
+AUTHOR_KEY, AUTHOR_PUBLIC = dkim_test_key()
 
 
 class Sink:

@@ -6,7 +6,6 @@ signatures are made by dkimpy, a signer that is not ours."""
 
 from __future__ import annotations
 
-import base64
 import email
 import email.policy
 import smtplib
@@ -14,25 +13,14 @@ from collections.abc import Iterator
 
 import dkim
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.conftest import Server
-from tests.dnsserver import DNSServer, dnsmasq
+from tests.dnsserver import DNSServer, dkim_test_key, dnsmasq
 
 HOST = "mx.example.test"
 
 
-def _key() -> tuple[bytes, str]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    der = key.public_key().public_bytes(serialization.Encoding.DER,
-                                        serialization.PublicFormat.SubjectPublicKeyInfo)
-    return pem, base64.b64encode(der).decode()
-
-
-KEY, PUBLIC = _key()
+KEY, PUBLIC = dkim_test_key()
 
 ZONE = [
     # sender.test: mail from 127.0.0.1 is its own; DMARC reject.
