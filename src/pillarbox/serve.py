@@ -422,15 +422,16 @@ def _dkim_signing(config: Config, store: SQLiteStore):  # type: ignore[no-untype
                        sign_trusted=config.dkim.sign_trusted)
 
 
-def _forwarding(config: Config, store: SQLiteStore):  # type: ignore[no-untyped-def]
+def _forwarding(config: Config, store: SQLiteStore, signing):  # type: ignore[no-untyped-def]
     """Aliases to other domains: SRS (its secret in the data directory) and ARC
-    sealing with the domains' DKIM keys (receive/forwarding.py)."""
+    sealing with the domains' DKIM keys (receive/forwarding.py): those the
+    worker signs with (``signing``), or, with signing off, a loader of its own."""
     from pillarbox.receive.forwarding import Forwarding
     from pillarbox.receive.signing import DKIMSigning
     from pillarbox.receive.srs import SRS
     from pillarbox.store.sqlite.dkim_keys import SQLiteDKIMKeys
 
-    keys = DKIMSigning(SQLiteDKIMKeys(store), config.server.data_dir)
+    keys = signing or DKIMSigning(SQLiteDKIMKeys(store), config.server.data_dir)
     return Forwarding(SRS.in_data_dir(config.server.data_dir), config.server.hostname,
                       keys.signers)
 
@@ -511,6 +512,7 @@ async def _worker_main(config: Config, listeners: Listeners, limiters: Limiters)
             raise
 
     smtp = config.smtp
+    signing = _dkim_signing(config, store)
     ctx = ReceiverContext(
         store=store,
         hostname=config.server.hostname,
@@ -519,8 +521,8 @@ async def _worker_main(config: Config, listeners: Listeners, limiters: Limiters)
         enqueue=enqueue,
         origin=_origin_checks(config),
         reverse_dns=_reverse_dns(config),
-        signing=_dkim_signing(config, store),
-        forwarding=_forwarding(config, store),
+        signing=signing,
+        forwarding=_forwarding(config, store, signing),
     )
     cfg = SMTPListenerConfig(
         limits=Limits(

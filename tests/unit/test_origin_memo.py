@@ -13,7 +13,6 @@ from pillarbox.policy.dmarc import DMARCCheck
 from pillarbox.policy.dns import StaticResolver
 from pillarbox.policy.psl import PublicSuffixList
 from pillarbox.policy.spf import SPFCheck
-from pillarbox.receive import origin
 from pillarbox.receive.origin import OriginChecks
 
 ZONE = {
@@ -78,7 +77,7 @@ def test_sampled_and_expired_judgements_are_not_reused(checks: OriginChecks,
     judge(checks, "a@sampled.test", message("a@sampled.test"), ip="198.51.100.9")
     assert Counting.calls == 2          # pct=50: each message is sampled anew
     judge(checks, "a@sender.test", message("a@sender.test"))
-    monkeypatch.setattr(origin, "MEMO_SECONDS", -1.0)
+    monkeypatch.setattr(checks.memo, "seconds", -1.0)
     judge(checks, "b@sender.test", message("b@sender.test"))
     judge(checks, "b@sender.test", message("b@sender.test"))
     assert Counting.calls == 5

@@ -156,13 +156,14 @@ def _is_binary(part: Part | None, data: bytes) -> bool:
 class _Message:
     """The message's octets, parse tree and cache entry, each made at most once."""
 
-    __slots__ = ("_content", "_data", "_head", "_root", "cache", "computed")
+    __slots__ = ("_bounds", "_content", "_data", "_head", "_root", "cache", "computed")
 
     def __init__(self, content: Callable[[], bytes], cache: CacheEntry | None):
         self._content = content
         self._data: bytes | None = None
         self._root: Part | None = None
         self._head: Part | None = None
+        self._bounds: tuple[int, int] | None = None
         self.cache = cache
         self.computed = False
 
@@ -176,6 +177,13 @@ class _Message:
         if self._data is None:
             self._data = self._content()
         return self._data
+
+    @property
+    def bounds(self) -> tuple[int, int]:
+        """Where the header block ends and the body starts (``header_bounds``)."""
+        if self._bounds is None:
+            self._bounds = header_bounds(self.data)
+        return self._bounds
 
     @property
     def header_root(self) -> Part:
@@ -245,11 +253,11 @@ def _body_section(msg: _Message, section: Section) -> bytes:
         if text is None or text == "":
             return msg.data
         if text == "HEADER":
-            return msg.data[:header_bounds(msg.data)[1]]
+            return msg.data[:msg.bounds[1]]
         if text == "TEXT":
-            return msg.data[header_bounds(msg.data)[1]:]
+            return msg.data[msg.bounds[1]:]
         if text == "HEADER.FIELDS" and msg.parsed is None:
-            found = header_fields(msg.data, header_bounds(msg.data)[0], section.fields)
+            found = header_fields(msg.data, msg.bounds[0], section.fields)
             if found is not None:
                 return found
     root = msg.header_root if not section.part and section.text in _HEADER_ONLY else msg.root

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
@@ -39,6 +38,7 @@ from pillarbox.policy.dkim.verify import DKIMResult, VerifyPolicy, verify
 from pillarbox.policy.dmarc import DKIMOutcome, DMARCCheck, DMARCResult, SPFOutcome
 from pillarbox.policy.dmarc import Status as DMARCStatus
 from pillarbox.policy.dns import Resolver
+from pillarbox.policy.memo import Memo
 from pillarbox.policy.rdns import HeloCheck, HeloResult, IPRevResult, ReverseName
 from pillarbox.policy.spf import Result as SPFStatus
 from pillarbox.policy.spf import SPFCheck, SPFResult
@@ -56,7 +56,6 @@ log = logging.getLogger("pillarbox.receive.origin")
 SPF_WAIT = 20.0      # seconds the end of DATA waits for SPF's lookups at most
 CLIENT_WAIT = 10.0   # ... for the reverse name and the HELO check (begun long before)
 MEMO_SECONDS = 10.0  # how long the judgement of unsigned mail is reused (see OriginChecks)
-MEMO_SIZE = 4096
 
 T = TypeVar("T")
 
@@ -91,9 +90,10 @@ class OriginChecks:
     dmarc: DMARCCheck | None = None
     helo: HeloCheck | None = None
     reports: DMARCRecorder | None = None   # counts for DMARC aggregate reports (pillarbox.reports)
-    #: Judgements of unsigned mail, by everything they were made of (see :meth:`judge`).
-    _memo: dict[tuple[object, ...], tuple[float, Verdict, bytes, DMARCResult | None]] = field(
-        default_factory=dict, repr=False)
+    #: Judgements of unsigned mail (verdict, header, DMARC result), by everything
+    #: they were made of (see :meth:`judge`; ``policy/memo.py``).
+    memo: Memo[tuple[Verdict, bytes, DMARCResult | None]] = field(
+        default_factory=lambda: Memo(MEMO_SECONDS), repr=False)
 
     def strip(self, header_block: bytes) -> bytes:
         """The header block without fields claiming our authserv-id (RFC 8601 §5)."""
@@ -143,9 +143,9 @@ class OriginChecks:
         # still made per message.
         key = self._memo_key(message, iprev, helo_result, spf, verdict, receiving_domains)
         if key is not None:
-            hit = self._memo.get(key)
-            if hit is not None and hit[0] > time.monotonic():
-                _, memo_verdict, header, memo_dmarc = hit
+            hit = self.memo.get(key)
+            if hit is not None:
+                memo_verdict, header, memo_dmarc = hit
                 if self.reports is not None and memo_dmarc is not None:
                     self.reports.record(memo_dmarc, self.client_ip(spf, iprev), spf, [],
                                         memo_verdict)
@@ -180,9 +180,7 @@ class OriginChecks:
             self.reports.record(dmarc, self.client_ip(spf, iprev), spf, dkim_results, verdict)
         header = self._header(methods)
         if key is not None and _lasting(spf, iprev, dmarc, verdict):
-            if len(self._memo) >= MEMO_SIZE:
-                self._memo.clear()
-            self._memo[key] = (time.monotonic() + MEMO_SECONDS, verdict, header, dmarc)
+            self.memo.put(key, (verdict, header, dmarc))
         return Judgement(verdict, header, spf, dkim_results, dmarc, iprev, helo_result)
 
     def _memo_key(self, message: bytes | None, iprev: ReverseName | None,

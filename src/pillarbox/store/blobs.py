@@ -54,7 +54,7 @@ class BlobStore:
     def path_str(self, blob_id: str) -> str:
         """:meth:`path` as a string, made without pathlib (the read path of
         every FETCH that needs a message's octets)."""
-        return self._prefix + blob_id[4:6] + "/" + blob_id
+        return self._prefix + shard(blob_id) + "/" + blob_id
 
     def ensure_dirs(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
