@@ -53,3 +53,30 @@ def test_processes_never_claim_the_same_uid() -> None:
     for p in procs:
         p.join(60)
     assert sorted(claimed) == list(range(1, 2001))   # each UID exactly once
+
+
+def test_readers_count_a_claim_before_its_write_reaches_the_column(tmp_path) -> None:
+    """STATUS RECENT and EXAMINE right after a session claimed (imaptest's
+    ``append`` script: a third connection's STATUS must say RECENT 0)."""
+    import asyncio
+
+    from pillarbox.auth.passwords import hash_password
+    from pillarbox.store.base import NewMessage
+    from pillarbox.store.sqlite.store import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "data").open()
+    store.add_domain("example.test")
+    account = store.add_account("alice@example.test", hash_password("pw"))
+    inbox = store.mailbox(account.id, "INBOX")
+    assert inbox is not None
+    asyncio.run(store.append(inbox.id, [NewMessage(b"Subject: a\r\n\r\nx\r\n")] * 3))
+    assert store.unclaimed_recent(inbox.id) == 3
+    table = RecentTable(slots=7)
+    store.recent_table = table
+    # A claim of the first two, made in the table; its column write is not made.
+    assert table.claim(inbox.id, 3, lambda: 1) == (1, 3)   # the column: 1
+    assert store.first_recent_uid(inbox.id) == 3
+    assert store.unclaimed_recent(inbox.id) == 1
+    # A mailbox the table does not hold: the column alone.
+    assert table.first_unclaimed(inbox.id + 1) is None
+    store.close()

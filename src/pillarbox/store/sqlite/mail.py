@@ -379,13 +379,22 @@ class MailStoreMixin:
         row = self.reader.execute(
             "SELECT first_recent_uid FROM mailboxes WHERE id = ?", (mailbox_id,)
         ).fetchone()
-        return int(row[0]) if row else 1 << 62
+        if not row:
+            return 1 << 62
+        return max(int(row[0]), self._claimed_up_to(mailbox_id))
+
+    def _claimed_up_to(self, mailbox_id: int) -> int:
+        """The shared table's claims (store/sqlite/recent.py), ahead of the column."""
+        table = self.recent_table
+        found = table.first_unclaimed(mailbox_id) if table is not None else None
+        return found or 0
 
     def unclaimed_recent(self, mailbox_id: int) -> int:
         """Messages no session has claimed as \\Recent yet (for STATUS RECENT)."""
         row = self.reader.execute(
             "SELECT count(*) FROM messages m JOIN mailboxes b ON m.mailbox = b.id"
-            " WHERE b.id = ? AND m.uid >= b.first_recent_uid", (mailbox_id,)
+            " WHERE b.id = ? AND m.uid >= max(b.first_recent_uid, ?)",
+            (mailbox_id, self._claimed_up_to(mailbox_id)),
         ).fetchone()
         return int(row[0])
 

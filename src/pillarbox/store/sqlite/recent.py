@@ -14,7 +14,10 @@ supervisor maps before it forks (as the connection counters of
 by the processes, and the column is brought up to date afterwards by the
 advisory committer, monotonically (``max``), so the order of those writes
 does not matter.  The column stays the truth across restarts and for
-readers (EXAMINE, STATUS RECENT), a few milliseconds behind at most.
+the readers of processes without the table (the CLI), a few milliseconds
+behind at most; the workers' readers (EXAMINE, STATUS RECENT) consult the
+table as well (:meth:`RecentTable.first_unclaimed`), so a claim counts for
+them from the moment it is made.
 
 A slot holds one mailbox: its id, the first unclaimed UID, and the value the
 column is known to have reached.  A mailbox comes into a free slot, or into
@@ -72,6 +75,16 @@ class RecentTable:
                 return up_to, up_to
             cells[i + 1] = up_to
             return first, up_to
+
+    def first_unclaimed(self, mailbox_id: int) -> int | None:
+        """The first unclaimed UID of the mailbox as the table has it, or None
+        when the table does not hold it (then the column is the truth).  Readers
+        (STATUS RECENT, EXAMINE) take the larger of this and the column, so a
+        claim answered a moment ago counts before its write reaches the column."""
+        cells = self._cells
+        i = 3 * (mailbox_id % self._slots)
+        with self._lock:
+            return int(cells[i + 1]) if cells[i] == mailbox_id else None
 
     def written(self, mailbox_id: int, up_to: int) -> None:
         """The column has reached ``up_to`` (or that write was given up)."""
