@@ -23,6 +23,7 @@ import os
 import secrets
 import signal
 import socket
+import string
 import sys
 import time
 import weakref
@@ -71,6 +72,16 @@ def bind_listeners(addresses: tuple[tuple[str, int], ...]) -> list[socket.socket
     return socks
 
 
+def demo_password() -> str:
+    """16 letters and digits (95 bits): printed in the ``send:`` line of ``make serve``,
+    so it must survive any command line and URL as it is.  ``token_urlsafe`` could start
+    with ``-``, which swaks then took for an option."""
+    return "".join(secrets.choice(_DEMO_ALPHABET) for _ in range(16))
+
+
+_DEMO_ALPHABET = string.ascii_letters + string.digits
+
+
 def ensure_dev_defaults(store: SQLiteStore) -> str:
     """The development defaults of DESIGN.md: domain localhost, account demo@localhost.
 
@@ -84,7 +95,7 @@ def ensure_dev_defaults(store: SQLiteStore) -> str:
     if not any(d[0] == DEV_DOMAIN for d in store.list_domains()):
         store.add_domain(DEV_DOMAIN)
     if store.get_password_hash(DEV_ACCOUNT) is None:
-        password = secrets.token_urlsafe(12)
+        password = demo_password()
         store.add_account(DEV_ACCOUNT, *make_secrets(password))
         fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
