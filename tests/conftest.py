@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -35,6 +36,16 @@ def need_tool(name: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+_TAKEN = re.compile(r"cannot listen on 127\.0\.0\.1:(\d+): Address already in use")
+
+
+class _PortTaken(Exception):
+    def __init__(self, port: int, log: str) -> None:
+        super().__init__(port)
+        self.port = port
+        self.log = log
 
 
 class Server:
@@ -80,6 +91,38 @@ class Server:
         return self.data_dir / "pillarbox.db"
 
     def start(self, timeout: float = 20.0) -> Server:
+        # A port from free_port() can be taken before the server binds it (the
+        # kernel hands the same ephemeral ports to other tests' outgoing
+        # connections): then that one port is picked again, a few times at most.
+        for _ in range(4):
+            try:
+                return self._start(timeout)
+            except _PortTaken as taken:
+                if not self._repick(taken.port):
+                    raise RuntimeError(f"server exited: {taken.log}") from None
+        return self._start(timeout)
+
+    _PORT_ATTRS = ("port", "imap_port", "imaps_port", "pop3_port", "pop3s_port",
+                   "submission_port", "submissions_port")
+
+    def _repick(self, port: int) -> bool:
+        """Give the auto-picked ``port`` a new number (False: the test chose it)."""
+        for attr in self._PORT_ATTRS:
+            if getattr(self, attr) != port:
+                continue
+            for key, value in self.options.items():
+                if value == f"127.0.0.1:{port}":
+                    new = free_port()
+                    setattr(self, attr, new)
+                    self.options[key] = f"127.0.0.1:{new}"
+                    return True
+        return False
+
+    def _start(self, timeout: float) -> Server:
+        try:
+            offset = self.log_path.stat().st_size   # this attempt's lines come after
+        except FileNotFoundError:
+            offset = 0
         args = [sys.executable, "-m", "pillarbox"]
         for key, value in self.options.items():
             args += ["-o", f"{key}={value}"]
@@ -92,7 +135,11 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log()}")
+                log_text = self.log()
+                taken = _TAKEN.search(log_text, offset)
+                if taken:
+                    raise _PortTaken(int(taken.group(1)), log_text)
+                raise RuntimeError(f"server exited: {log_text}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
                     if s.recv(100).startswith(b"220"):
