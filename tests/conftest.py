@@ -41,11 +41,16 @@ def need_tool(name: str) -> str:
 _TAKEN = re.compile(r"cannot listen on 127\.0\.0\.1:(\d+): Address already in use")
 
 
-class _PortTaken(Exception):
+class _PortTaken(RuntimeError):
     def __init__(self, port: int, log: str) -> None:
-        super().__init__(port)
+        super().__init__(f"server exited: {log}")
         self.port = port
-        self.log = log
+
+
+# The ports Server picks itself, by attribute, and the option each one fills.
+_PORTS = {"port": "smtp.listen", "imap_port": "imap.listen", "imaps_port": "imap.listen_tls",
+          "pop3_port": "pop3.listen", "pop3s_port": "pop3.listen_tls",
+          "submission_port": "submission.listen", "submissions_port": "submission.listen_tls"}
 
 
 class Server:
@@ -63,13 +68,7 @@ class Server:
         self.options = {
             "server.data_dir": str(data_dir),
             "server.hostname": "mx.test",
-            "smtp.listen": f"127.0.0.1:{self.port}",
-            "imap.listen": f"127.0.0.1:{self.imap_port}",
-            "imap.listen_tls": f"127.0.0.1:{self.imaps_port}",
-            "pop3.listen": f"127.0.0.1:{self.pop3_port}",
-            "pop3.listen_tls": f"127.0.0.1:{self.pop3s_port}",
-            "submission.listen": f"127.0.0.1:{self.submission_port}",
-            "submission.listen_tls": f"127.0.0.1:{self.submissions_port}",
+            **{key: f"127.0.0.1:{getattr(self, attr)}" for attr, key in _PORTS.items()},
             "server.workers": "1",
             # Mail for other domains must not ask the machine's resolver (tests
             # talk to loopback only): a nameserver on loopback that is not there.
@@ -99,23 +98,16 @@ class Server:
                 return self._start(timeout)
             except _PortTaken as taken:
                 if not self._repick(taken.port):
-                    raise RuntimeError(f"server exited: {taken.log}") from None
+                    raise
         return self._start(timeout)
-
-    _PORT_ATTRS = ("port", "imap_port", "imaps_port", "pop3_port", "pop3s_port",
-                   "submission_port", "submissions_port")
 
     def _repick(self, port: int) -> bool:
         """Give the auto-picked ``port`` a new number (False: the test chose it)."""
-        for attr in self._PORT_ATTRS:
-            if getattr(self, attr) != port:
-                continue
-            for key, value in self.options.items():
-                if value == f"127.0.0.1:{port}":
-                    new = free_port()
-                    setattr(self, attr, new)
-                    self.options[key] = f"127.0.0.1:{new}"
-                    return True
+        for attr, key in _PORTS.items():
+            if getattr(self, attr) == port and self.options[key] == f"127.0.0.1:{port}":
+                setattr(self, attr, free_port())
+                self.options[key] = f"127.0.0.1:{getattr(self, attr)}"
+                return True
         return False
 
     def _start(self, timeout: float) -> Server:

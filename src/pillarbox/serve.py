@@ -72,14 +72,14 @@ def bind_listeners(addresses: tuple[tuple[str, int], ...]) -> list[socket.socket
     return socks
 
 
+_DEMO_ALPHABET = string.ascii_letters + string.digits
+
+
 def demo_password() -> str:
     """16 letters and digits (95 bits): printed in the ``send:`` line of ``make serve``,
     so it must survive any command line and URL as it is.  ``token_urlsafe`` could start
     with ``-``, which swaks then took for an option."""
     return "".join(secrets.choice(_DEMO_ALPHABET) for _ in range(16))
-
-
-_DEMO_ALPHABET = string.ascii_letters + string.digits
 
 
 def ensure_dev_defaults(store: SQLiteStore) -> str:

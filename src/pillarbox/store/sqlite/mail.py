@@ -376,12 +376,18 @@ class MailStoreMixin:
 
     def first_recent_uid(self, mailbox_id: int) -> int:
         """The first UID no session has claimed as \\Recent yet (EXAMINE shows them)."""
+        column = self._recent_column(mailbox_id)
+        if column is None:
+            return 1 << 62
+        return max(column, self._claimed_up_to(mailbox_id))
+
+    def _recent_column(self, mailbox_id: int) -> int | None:
+        """``first_recent_uid`` as the column has it (None: no such mailbox); the
+        shared table's reader too, so it must not consult the table."""
         row = self.reader.execute(
             "SELECT first_recent_uid FROM mailboxes WHERE id = ?", (mailbox_id,)
         ).fetchone()
-        if not row:
-            return 1 << 62
-        return max(int(row[0]), self._claimed_up_to(mailbox_id))
+        return None if row is None else int(row[0])
 
     def _claimed_up_to(self, mailbox_id: int) -> int:
         """The shared table's claims (store/sqlite/recent.py), ahead of the column."""
@@ -424,10 +430,8 @@ class MailStoreMixin:
         table = self.recent_table
         if table is not None:
             return await self._claim_shared(table, mailbox_id, up_to)
-        row = self.reader.execute(
-            "SELECT first_recent_uid FROM mailboxes WHERE id = ?", (mailbox_id,)
-        ).fetchone()
-        if row is not None and row[0] >= up_to:
+        column = self._recent_column(mailbox_id)
+        if column is not None and column >= up_to:
             return up_to, up_to   # nothing to claim: no write at all
         return await self.advisory.submit_async(job)  # type: ignore[no-any-return]
 
@@ -436,15 +440,10 @@ class MailStoreMixin:
         """The claim in the workers' shared table (``store/sqlite/recent.py``),
         then the column, without waiting for it."""
 
-        def column() -> int | None:
-            row = self.reader.execute(
-                "SELECT first_recent_uid FROM mailboxes WHERE id = ?", (mailbox_id,)
-            ).fetchone()
-            return None if row is None else int(row[0])
-
         while True:
             try:
-                first, end = table.claim(mailbox_id, up_to, column)
+                first, end = table.claim(
+                    mailbox_id, up_to, lambda: self._recent_column(mailbox_id))
                 break
             except RecentBusy:
                 await asyncio.sleep(0.002)   # another mailbox's write is on its way
