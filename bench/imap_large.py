@@ -40,7 +40,7 @@ from email.utils import format_datetime
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from pbxbench import ROOT, free_port, tree
+from pbxbench import ROOT, free_port, start_dns, tree
 PILLARBOX = str(ROOT / ".venv/bin/pillarbox")
 
 FIRST = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan",
@@ -209,7 +209,8 @@ def main() -> int:
     data = work / "data"
     smtp_port, imap_port = free_port(), free_port()
     opts = ["-o", f"server.data_dir={data}"]
-    cmd = [PILLARBOX, *opts, "-o", f"smtp.listen=127.0.0.1:{smtp_port}",
+    _, dns_port = start_dns(work)
+    cmd = [PILLARBOX, *opts, "-o", f"dns.nameservers=127.0.0.1:{dns_port}", "-o", f"smtp.listen=127.0.0.1:{smtp_port}",
            "-o", f"imap.listen=127.0.0.1:{imap_port}", "-o", "imap.listen_tls=[]",
            "-o", "pop3.listen=[]", "-o", "pop3.listen_tls=[]", "-o", "submission.listen=[]",
            "-o", "submission.listen_tls=[]",
