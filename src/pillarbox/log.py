@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -42,9 +43,14 @@ def _timestamp(record: logging.LogRecord) -> str:
     return f"{_second[1]}.{int(record.msecs):03d}Z"
 
 
+_NEEDS_QUOTES = re.compile(r'[ "=\n]|^$').search
+
+
 def _text_value(value: Any) -> str:
+    if type(value) is int:          # sizes, counts, ports: never quoted
+        return str(value)
     text = str(value)
-    if not text or any(c in text for c in ' "=\n'):
+    if _NEEDS_QUOTES(text):
         return json.dumps(text, ensure_ascii=False)
     return text
 

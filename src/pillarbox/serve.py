@@ -553,9 +553,7 @@ async def _worker_main(config: Config, listeners: Listeners, limiters: Limiters)
     protocols: set[SMTPProtocol] = set()
 
     def factory() -> SMTPProtocol:
-        proto = SMTPProtocol(ctx, cfg)
-        protocols.add(proto)
-        return proto
+        return SMTPProtocol(ctx, cfg, protocols)
 
     servers: list[asyncio.Server | BalancedServer] = [
         await loop.create_server(factory, sock=sock) for sock in listeners.smtp]
@@ -576,7 +574,10 @@ async def _worker_main(config: Config, listeners: Listeners, limiters: Limiters)
         try:
             await asyncio.wait_for(stop.wait(), 30)
         except asyncio.TimeoutError:
-            protocols = {p for p in protocols if p.transport and not p.transport.is_closing()}
+            # A session whose TLS handshake failed never had connection_made
+            # nor connection_lost: it has no transport, and goes here.
+            for p in [p for p in protocols if not p.transport or p.transport.is_closing()]:
+                protocols.discard(p)
     for server in servers:
         server.close()
     deadline = loop.time() + SHUTDOWN_GRACE
@@ -585,7 +586,7 @@ async def _worker_main(config: Config, listeners: Listeners, limiters: Limiters)
         if not live or all(not p._busy and not (p.core and p.core.in_data) for p in live):
             break
         await asyncio.sleep(0.1)
-    for p in protocols:
+    for p in list(protocols):     # (closing removes them from the set)
         if p.transport and not p.transport.is_closing() and p.core is not None:
             if not p._busy:
                 p.core.close(SHUTTING_DOWN)

@@ -41,9 +41,15 @@ class SMTPListenerConfig:
 class SMTPProtocol(asyncio.Protocol):
     """One SMTP connection."""
 
-    def __init__(self, ctx: ReceiverContext, cfg: SMTPListenerConfig) -> None:
+    def __init__(self, ctx: ReceiverContext, cfg: SMTPListenerConfig,
+                 live: set[SMTPProtocol] | None = None) -> None:
         self.ctx = ctx
         self.cfg = cfg
+        # The worker's open sessions (for the shutdown): we leave it as the
+        # connection goes, so a closed session's objects are freed at once.
+        self._live = live
+        if live is not None:
+            live.add(self)
         self.transport: asyncio.Transport | None = None
         self.core: SMTPServerConnection | None = None
         self.session: Session | None = None
@@ -106,6 +112,8 @@ class SMTPProtocol(asyncio.Protocol):
             self._counted = False
         if self.core is not None:
             self.core.state = self.core.state.CLOSED
+        if self._live is not None:
+            self._live.discard(self)
 
     def data_received(self, data: bytes) -> None:
         core = self.core

@@ -110,11 +110,8 @@ class OriginChecks:
                     reverse: asyncio.Task[ReverseName] | None = None,
                     helo: asyncio.Task[HeloResult] | None = None) -> Judgement:
         """The checks' verdict for ``message`` (None: too large to read whole)."""
-        methods: list[MethodResult] = []
         verdict = Verdict.accept("authentication")
         iprev = await _settled(reverse, CLIENT_WAIT, "iprev")
-        if iprev is not None:
-            methods.append(iprev.method_result())
         helo_result = await _settled(helo, CLIENT_WAIT, "helo") if self.helo else None
         if helo_result is not None:
             assert self.helo is not None
@@ -122,18 +119,18 @@ class OriginChecks:
             if v.is_final:
                 if spf_task is not None:
                     spf_task.cancel()
-                return Judgement(v, self._header(methods), iprev=iprev, helo=helo_result)
+                return Judgement(v, self._header(_client_methods(iprev, None)), iprev=iprev,
+                                 helo=helo_result)
             if v.action is not Action.ACCEPT:
                 verdict = v
         spf = await self._spf_result(spf_task)
         if spf is not None:
-            methods.append(_spf_method(spf))
             assert self.spf is not None
             v = self.spf.verdict(spf)
             if v.action is Action.DEFER and not self.spf_defer_temperror:
                 v = Verdict(v.check, Action.TAG, None, v.reason)
             if v.is_final:
-                return Judgement(v, self._header(methods), spf)
+                return Judgement(v, self._header(_client_methods(iprev, spf)), spf)
         # A message without DKIM or ARC fields is judged by the client, the
         # envelope and its From: fields alone, all of them DNS answers that
         # are cached anyway: the same sending server sending the next message
@@ -150,6 +147,8 @@ class OriginChecks:
                     self.reports.record(memo_dmarc, self.client_ip(spf, iprev), spf, [],
                                         memo_verdict)
                 return Judgement(memo_verdict, header, spf, [], memo_dmarc, iprev, helo_result)
+        # (Rendered only now: a reused judgement has its header already.)
+        methods = _client_methods(iprev, spf)
         dkim_results: list[DKIMResult] = []
         if self.dkim is not None:
             if message is None:
@@ -236,6 +235,16 @@ async def _settled(task: asyncio.Task[T] | None, wait: float, what: str) -> T | 
     except Exception as exc:  # noqa: BLE001 - a bug in a check must not refuse mail
         log_event(log, f"{what} failed", error=repr(exc), level=logging.ERROR)
     return None
+
+
+def _client_methods(iprev: ReverseName | None, spf: SPFResult | None) -> list[MethodResult]:
+    """The results about the client and the envelope, first in our header."""
+    methods: list[MethodResult] = []
+    if iprev is not None:
+        methods.append(iprev.method_result())
+    if spf is not None:
+        methods.append(_spf_method(spf))
+    return methods
 
 
 def _spf_method(spf: SPFResult) -> MethodResult:

@@ -52,9 +52,18 @@ def spool_dir(data_dir: Path, kind: str) -> Path:
     return data_dir / "reports" / kind
 
 
+_DAY = 86400
+_last_day: tuple[int, str] = (-1, "")     # (days since the epoch, its name): one per message
+
+
 def day_of(when: float) -> str:
     """The UTC day (``YYYY-MM-DD``) of a wall-clock time: the reporting period."""
-    return datetime.datetime.fromtimestamp(when, datetime.UTC).strftime("%Y-%m-%d")
+    global _last_day
+    number = int(when // _DAY)
+    if number != _last_day[0]:
+        _last_day = (number, datetime.datetime.fromtimestamp(
+            number * _DAY, datetime.UTC).strftime("%Y-%m-%d"))
+    return _last_day[1]
 
 
 def _key(row: Mapping[str, Any]) -> str:
