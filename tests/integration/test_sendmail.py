@@ -435,6 +435,42 @@ def test_pillarbox_c_and_mailq_of_a_deferred_entry(server_factory):
     assert text[3].strip() == "alice@example.test"
 
 
+def test_smtp_on_standard_input_expands_aliases_that_forward(server_factory):
+    """``sendmail -bs`` queues an alias to other domains as ``sendmail`` does: its
+    remote targets with the alias as ORCPT (a client's own ORCPT and NOTIFY kept),
+    the alias itself only where it also reaches an account of ours.  (It used to
+    refuse a forward-only alias with 550 and drop the remote targets of the others.)"""
+    from pillarbox.admin import commands
+
+    server = server_factory({"server.hostname": HOST}, accounts=ACCOUNTS, start=False)
+    store = SQLiteStore(server.data_dir)
+    try:
+        commands.add_alias(store, "root@example.test",
+                           ["alice@example.test", "admin@elsewhere.test"])
+        commands.add_alias(store, "ops@example.test",
+                           ["ops@elsewhere.test", "admin@elsewhere.test"])
+    finally:
+        store.close()
+    config = write_config(server)
+    transcript = (
+        b"EHLO cli\r\nMAIL FROM:<alice@example.test>\r\n"
+        b"RCPT TO:<root@example.test> NOTIFY=FAILURE\r\n"
+        b"RCPT TO:<ops@example.test> ORCPT=rfc822;pager@example.test\r\n"
+        b"RCPT TO:<nobody@example.test>\r\n"
+        b"DATA\r\nSubject: disk full\r\n\r\n/var is at 99%\r\n.\r\nQUIT\r\n"
+    )
+    result = sendmail(config, "-bs", data=transcript)
+    assert result.returncode == 0, result.stderr
+    codes = [line[:4] for line in result.stdout.decode().splitlines() if line[3:4] == " "]
+    assert codes == ["220 ", "250 ", "250 ", "250 ", "250 ", "550 ", "354 ", "250 ", "221 "]
+    [entry] = queue(server)
+    assert [(r.address, r.notify, r.orcpt) for r in entry.recipients] == [
+        ("root@example.test", "FAILURE", None),
+        ("admin@elsewhere.test", "FAILURE", "rfc822;root@example.test"),
+        ("ops@elsewhere.test", None, "rfc822;pager@example.test"),
+    ]
+
+
 def test_aliases_that_forward_are_expanded_into_the_queue(server_factory):
     """sendmail goes straight into the queue, not through a receiving session, so an
     alias to other domains is expanded there: each remote target becomes an envelope

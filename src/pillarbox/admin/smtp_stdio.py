@@ -47,7 +47,7 @@ from pillarbox.admin.submit import (
     this_user,
 )
 from pillarbox.config import Config
-from pillarbox.deliver.recipients import Verdict
+from pillarbox.deliver.recipients import Resolution, Verdict
 from pillarbox.mime.dates import format_date
 from pillarbox.mime.generate import needs_smtputf8
 from pillarbox.protocols.smtp import events as ev
@@ -98,7 +98,12 @@ class LocalSession(Session):
 
     def rcpt_to(self, event: ev.RcptTo) -> Reply:
         path = event.forward_path
-        if not path.domain or self._resolve(path).verdict is not Verdict.REMOTE:
+        if not path.domain:
+            return super().rcpt_to(event)
+        resolution = self._resolve(path)
+        if resolution.forwards:
+            return self._forwarding_alias(event, resolution)
+        if resolution.verdict is not Verdict.REMOTE:
             return super().rcpt_to(event)
         tx = self.tx
         assert tx is not None
@@ -106,6 +111,30 @@ class LocalSession(Session):
         orcpt = f"{params.orcpt[0]};{xtext_encode(params.orcpt[1])}" if params.orcpt else None
         notify = ",".join(params.notify) if params.notify else None
         tx.recipients.append((path, EnvelopeRecipient(address_text(path), notify, orcpt)))
+        return Reply(250, "2.1.5", f"Recipient <{path}> ok")
+
+    def _forwarding_alias(self, event: ev.RcptTo, resolution: Resolution) -> Reply:
+        """An alias of ours that names addresses of other domains: they are queued
+        here, as ``sendmail`` without ``-bs`` queues them (``admin/submit.py``,
+        ``dsn_recipients``), each with the alias as its ORCPT (RFC 3461 §4.2); the
+        alias itself too if it also reaches accounts of ours.  The sender is a local
+        user, ours: there is nothing to rewrite with SRS, nothing received to seal."""
+        path = event.forward_path
+        if resolution.verdict is Verdict.LOCAL:
+            reply = super().rcpt_to(event)      # quota and the alias's own entry
+            if reply.code != 250:
+                return reply
+        tx = self.tx
+        assert tx is not None
+        params = event.params
+        notify = ",".join(params.notify) if params.notify else None
+        orcpt = (f"{params.orcpt[0]};{xtext_encode(params.orcpt[1])}" if params.orcpt
+                 else f"rfc822;{xtext_encode(address_text(path))}")
+        queued = {r.address.lower() for _, r in tx.recipients}
+        for address in resolution.forwards:
+            if address.lower() not in queued:
+                queued.add(address.lower())
+                tx.recipients.append((path, EnvelopeRecipient(address, notify, orcpt)))
         return Reply(250, "2.1.5", f"Recipient <{path}> ok")
 
     # ------------------------------------------------------------- content
