@@ -38,6 +38,16 @@ is kept for the manager, which reports and finishes it in the same
 transaction.  Without a ``Handoff`` (tools, tests) a remote recipient fails
 as one that went away.
 
+An alias that forwards to other domains is expanded at RCPT, where the
+forwarded copy gets its SRS sender and ARC seal (``receive/forwarding.py``).
+Met here instead (a delivery report to a local sender, the postmaster's copy
+of a report, an alias changed after the message was accepted), its targets
+are added to the entry as recipients of their own (ORCPT: the alias) and go
+to remote delivery with the entry's reverse path; an alias that reaches only
+other domains is then settled as forwarded.  Before, such a recipient failed
+as unknown, and the remote targets of an alias that also reaches an account
+were dropped.
+
 This module is the policy; the reads and writes are the store's
 (``LocalDelivery`` in ``pillarbox.store.base``, for SQLite
 ``pillarbox.store.sqlite.delivery``), so another backend slots in here
@@ -50,12 +60,14 @@ import time
 from dataclasses import dataclass, field
 
 from pillarbox.deliver.recipients import Verdict, cached, resolve, split_address
+from pillarbox.protocols.smtp.params import xtext_encode
 from pillarbox.protocols.smtp.reply import MAILBOX_FULL
 from pillarbox.store.base import Delivered, LocalDelivery, Quota
 
 GONE = "550 5.1.1 No such user here (it went away after the message was accepted)"
 FULL = str(MAILBOX_FULL)
 DELIVERED = "250 2.0.0 delivered"
+FORWARDED = "250 2.1.5 forwarded to {}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +144,19 @@ def deliver_batch(
                 handoff.remote.append((queue_id, idx, address))
                 kept = True
                 continue
+            if resolution.forwards and handoff is not None:
+                # An alias of ours naming other domains' addresses, met here and not
+                # at RCPT (a report to a local sender or to the postmaster, an alias
+                # changed since): its targets join the entry as recipients of their
+                # own for remote delivery, as the receiving session queues them.
+                for target_idx, target in batch.add_forwards(
+                        queue_id, idx, resolution.forwards, f"rfc822;{xtext_encode(address)}"):
+                    handoff.remote.append((queue_id, target_idx, target))
+                kept = True
+                if resolution.verdict is Verdict.FORWARD:
+                    batch.settle(queue_id, idx, "delivered",
+                                 FORWARDED.format(", ".join(resolution.forwards)))
+                    continue
             if resolution.verdict is not Verdict.LOCAL:
                 batch.settle(queue_id, idx, "failed", GONE)
                 failures.append(Failure(queue_id, address, GONE, True, idx))

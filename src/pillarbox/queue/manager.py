@@ -126,12 +126,14 @@ def socket_path(store: SQLiteStore) -> Path:
 
 def local_postmaster(store: SQLiteStore, hostname: str, delimiters: str) -> str:
     """Where reports that cannot be delivered go when ``queue.postmaster`` is not set:
-    the postmaster of the server's own name if that resolves locally, else of the
-    first local domain whose postmaster does (as RCPT TO:<Postmaster> is routed,
+    the postmaster of the server's own name if that resolves locally (to an account,
+    or an alias that forwards elsewhere: delivery follows it), else of the first
+    local domain whose postmaster does (as RCPT TO:<Postmaster> is routed,
     RFC 5321 4.5.1)."""
     directory = store.directory()
     for domain in [hostname] + [d[0] for d in store.list_domains()]:
-        if resolve(directory, "postmaster", domain, delimiters).verdict is Verdict.LOCAL:
+        verdict = resolve(directory, "postmaster", domain, delimiters).verdict
+        if verdict is Verdict.LOCAL or verdict is Verdict.FORWARD:
             return f"postmaster@{domain}"
     return f"postmaster@{hostname}"
 

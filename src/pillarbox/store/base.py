@@ -7,6 +7,7 @@ implement the same methods.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -225,6 +226,14 @@ class LocalDelivery(Protocol):
     def keep(self, queue_id: str, copies: int) -> None:
         """Some recipients wait for another attempt: the entry stays, with the queue's
         reference to the blob; ``copies`` mailbox references are added."""
+        ...
+
+    def add_forwards(self, queue_id: str, idx: int, targets: Sequence[str],
+                     orcpt: str) -> list[tuple[int, str]]:
+        """Add ``targets`` (addresses of other domains an alias names) to the entry
+        as pending recipients with the NOTIFY of recipient ``idx`` and its ORCPT
+        (``orcpt`` if it has none); targets already among the entry's recipients
+        are skipped.  Returns the new recipients' (index, address)."""
         ...
 
     def flush(self) -> None: ...

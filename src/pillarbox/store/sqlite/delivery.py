@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from pillarbox.store.base import PendingEntry, Quota
@@ -135,6 +136,29 @@ class SQLiteDelivery:
         self._finished.append((queue_id,))
         if copies != 1:   # the queue's reference goes, ``copies`` mailbox references come
             self._refs.append((copies - 1, queue_id))
+
+    def add_forwards(self, queue_id: str, idx: int, targets: Sequence[str],
+                     orcpt: str) -> list[tuple[int, str]]:
+        conn = self._conn
+        row = conn.execute("SELECT notify, orcpt FROM recipients WHERE queue_id = ? AND idx = ?",
+                           (queue_id, idx)).fetchone()
+        notify, orcpt = (row[0], row[1] or orcpt) if row is not None else (None, orcpt)
+        present = {a.lower() for (a,) in conn.execute(
+            "SELECT address FROM recipients WHERE queue_id = ?", (queue_id,))}
+        (next_idx,) = conn.execute(
+            "SELECT coalesce(max(idx), -1) + 1 FROM recipients WHERE queue_id = ?",
+            (queue_id,)).fetchone()
+        added: list[tuple[int, str]] = []
+        for target in targets:
+            if target.lower() in present:
+                continue
+            present.add(target.lower())
+            conn.execute(
+                "INSERT INTO recipients (queue_id, idx, address, notify, orcpt, status)"
+                " VALUES (?, ?, ?, ?, ?, 'pending')", (queue_id, next_idx, target, notify, orcpt))
+            added.append((next_idx, target))
+            next_idx += 1
+        return added
 
     def flush(self) -> None:
         conn = self._conn
