@@ -3,7 +3,7 @@
 :func:`parse` reads ``bytes`` or a memory-mapped blob (anything with the buffer
 protocol that ``re`` can search: ``bytes``, ``bytearray``, ``mmap.mmap``) and
 returns the root :class:`Part`. Only header blocks are copied; bodies are found
-with C-speed regular-expression searches for boundary lines, so time and memory
+with C-speed searches (``find``) for boundary lines, so time and memory
 grow with the number of parts and the size of their headers, not with the size
 of the message.
 
@@ -203,22 +203,51 @@ def count_lines(buf: Buffer, start: int, end: int) -> int:
 # --- the parser ----------------------------------------------------------------------
 
 _BLANK_ONLY = re.compile(rb"\n(\r?\n)")
-_Patterns = tuple[re.Pattern[bytes], re.Pattern[bytes], re.Pattern[bytes]]
-_cache: dict[tuple[bytes, ...], _Patterns] = {}
 
 
-def _patterns(bounds: tuple[bytes, ...]) -> _Patterns:
-    """Header-end, boundary-line and anchored boundary patterns for a boundary stack."""
-    pats = _cache.get(bounds)
-    if pats is None:
-        alt = b"|".join(re.escape(b) for b in bounds)
-        hdr = re.compile(rb"\n(?:(\r?\n)|--(" + alt + rb"))")
-        bnd = re.compile(rb"\n--(" + alt + rb")")
-        at = re.compile(rb"--(" + alt + rb")")
-        if len(_cache) > 256:
-            _cache.clear()
-        pats = _cache[bounds] = (hdr, bnd, at)
-    return pats
+_FIND_BOUNDS = 4      # up to this many nested boundaries: one find() each
+_deep: dict[tuple[bytes, ...], re.Pattern[bytes]] = {}
+
+
+def _boundary_line(buf: Buffer, bounds: tuple[bytes, ...], pos: int, end: int,
+                   limit: int) -> int:
+    """Where the first ``\n--`` + one of ``bounds`` starts in ``buf[pos:limit]``,
+    if it starts before ``end``; else -1.
+
+    Up to :data:`_FIND_BOUNDS` boundaries (real mail nests two or three), one
+    ``find`` each, each only as far as the best match so far: the innermost
+    boundary is usually the nearest, so an enclosing one costs a search of
+    that distance, not of the rest of the message.  Every message has
+    boundaries of its own, and the regular expression per boundary stack that
+    did this before cost more to compile than the parse of a small message.
+    Deeper stacks keep one (cached) expression, so that a hundred nested
+    boundaries cost one pass over the body, not a hundred.
+    """
+    if len(bounds) > _FIND_BOUNDS:
+        rx = _deep.get(bounds)
+        if rx is None:
+            if len(_deep) > 64:
+                _deep.clear()
+            rx = _deep[bounds] = re.compile(
+                rb"\n--(?:" + b"|".join(re.escape(b) for b in bounds) + rb")")
+        longest = max(map(len, bounds)) + 3
+        m = rx.search(buf, pos, min(limit, end + longest - 1))
+        return -1 if m is None or m.start() >= end else m.start()
+    best = end
+    for b in bounds:
+        needle = b"\n--" + b
+        at = buf.find(needle, pos, min(limit, best + len(needle) - 1))
+        if at >= 0:
+            best = at
+    return best if best < end else -1
+
+
+def _boundary_at(buf: Buffer, bounds: tuple[bytes, ...], pos: int, limit: int) -> bool:
+    """Whether ``--`` + one of ``bounds`` starts at ``pos`` (before ``limit``)."""
+    if buf[pos:pos + 2] != b"--":
+        return False
+    at = pos + 2
+    return any(at + len(b) <= limit and buf[at:at + len(b)] == b for b in bounds)
 
 
 class _Stop:
@@ -265,12 +294,12 @@ class _Parser:
                     break  # exactly this boundary: none can be better
         return max(best, 0)
 
-    def _stop(self, m: re.Match[bytes], bounds: tuple[bytes, ...], origin: int, group: int) -> _Stop:
+    def _stop(self, nl: int, bounds: tuple[bytes, ...], origin: int) -> _Stop:
+        """The boundary line whose line break is at ``nl`` (``\n--`` + boundary)."""
         buf = self.buf
-        nl = m.start()
         cut = nl - 1 if nl > origin and buf[nl - 1] == 13 else nl
         cut = max(cut, origin)
-        at = m.start(group)
+        at = nl + 3
         level = self._level(bounds, at)
         after = at + len(bounds[level])
         close = buf[after : after + 2] == b"--"
@@ -281,12 +310,11 @@ class _Parser:
     def _find_boundary(self, bounds: tuple[bytes, ...], pos: int) -> _Stop | None:
         if not bounds:
             return None
-        rx = _patterns(bounds)[1]
         origin = pos
         if pos > 0 and self.buf[pos - 1] == 10:
             pos -= 1
-        m = rx.search(self.buf, pos, self.limit)
-        return None if m is None else self._stop(m, bounds, origin, 1)
+        nl = _boundary_line(self.buf, bounds, pos, self.limit, self.limit)
+        return None if nl < 0 else self._stop(nl, bounds, origin)
 
     def entity(self, pos: int, bounds: tuple[bytes, ...], depth: int,
                digest: bool = False) -> tuple[Part, _Stop | None]:
@@ -302,15 +330,17 @@ class _Parser:
         elif pos == 0 and buf[:2] == b"\r\n":
             hdr_end, body_start = 0, 2
         else:
-            rx = _patterns(bounds)[0] if bounds else _BLANK_ONLY
+            # The header block ends at the first empty line or boundary line.
             origin = pos
             start = pos - 1 if pos > 0 and buf[pos - 1] == 10 else pos
-            m = rx.search(buf, start, limit)
-            if m is None:
-                hdr_end = body_start = limit
-            elif m.group(1) is None:
-                stop = self._stop(m, bounds, origin, 2)
+            m = _BLANK_ONLY.search(buf, start, limit)
+            blank = limit if m is None else m.start()
+            nl = _boundary_line(buf, bounds, start, blank, limit) if bounds else -1
+            if nl >= 0:
+                stop = self._stop(nl, bounds, origin)
                 hdr_end = body_start = stop.cut
+            elif m is None:
+                hdr_end = body_start = limit
             else:
                 hdr_end, body_start = max(m.start() + 1, pos), m.end()
         part.body_start = body_start
@@ -332,8 +362,8 @@ class _Parser:
             boundary = next((v for n, v in part.params_raw if n.lower() == "boundary"), None)
         if bounds and body_start > hdr_end:
             stack = (boundary,) + bounds if boundary else bounds
-            m = _patterns(stack)[2].match(buf, body_start, limit)
-            if m and (not boundary or self._level(stack, m.start(1)) > 0):
+            if _boundary_at(buf, stack, body_start, limit) and (
+                    not boundary or self._level(stack, body_start + 2) > 0):
                 # An enclosing boundary right after the blank line: that line break
                 # belongs to the boundary, so the header block has no blank line.
                 part.body_start = part.end = hdr_end
