@@ -211,7 +211,7 @@ _deep: dict[tuple[bytes, ...], re.Pattern[bytes]] = {}
 
 def _boundary_line(buf: Buffer, bounds: tuple[bytes, ...], pos: int, end: int,
                    limit: int) -> int:
-    """Where the first ``\n--`` + one of ``bounds`` starts in ``buf[pos:limit]``,
+    """Where the first ``\\n--`` + one of ``bounds`` starts in ``buf[pos:limit]``,
     if it starts before ``end``; else -1.
 
     Up to :data:`_FIND_BOUNDS` boundaries (real mail nests two or three), one
@@ -295,7 +295,7 @@ class _Parser:
         return max(best, 0)
 
     def _stop(self, nl: int, bounds: tuple[bytes, ...], origin: int) -> _Stop:
-        """The boundary line whose line break is at ``nl`` (``\n--`` + boundary)."""
+        """The boundary line whose line break is at ``nl`` (``\\n--`` + boundary)."""
         buf = self.buf
         cut = nl - 1 if nl > origin and buf[nl - 1] == 13 else nl
         cut = max(cut, origin)
