@@ -7,6 +7,16 @@ THREAD).  Rendering of FETCH items, search evaluation, sorting and threading
 are pure functions in ``pillarbox.access.fetch``/``search``/``sort``/``thread``;
 this module feeds them from the store and answers.
 
+Each command reads what others changed (``IMAPSession.sync``) once: FETCH,
+SEARCH, SORT and THREAD before they answer, so that they number from a
+current view and FLAGS announces a new keyword before a FETCH shows it
+(RFC 9051 §7.3.5); STORE, COPY, MOVE and EXPUNGE after their write, so that
+the client hears of other changes with the outcome of its own.  Changes
+that land while a command runs are told at the next one (or at once in
+IDLE): RFC 9051 §5.2 asks for size updates observed during a command.
+(Reading both before and after made 1.55 reads per command of imaptest's
+steady mix instead of 1.)
+
 While a FETCH, STORE or SEARCH by message number runs, no EXPUNGE may be
 sent (RFC 9051 §7.5.1), so those commands refresh the view without
 expunges; their UID forms may expunge.
@@ -209,7 +219,6 @@ async def fetch(s: IMAPSession, cmd: c.Fetch) -> None:
         s.no(cmd.tag, str(exc), exc.code)
         return
     loader.save()
-    await s.sync(cmd, expunge=cmd.uid)
     if gone and not cmd.uid:
         # RFC 5530 §3 / RFC 2180 §4.1.3: messages the client still numbers were
         # expunged by another session and their data is gone; the others were
@@ -282,7 +291,6 @@ async def _fetch_flags(s: IMAPSession, cmd: c.Fetch, uids: list[int]) -> None:
             await s.out.drain()
     if chunk:
         s.raw(b"".join(chunk))
-    await s.sync(cmd, expunge=cmd.uid)
     if found < len(uids) and not cmd.uid:
         s.ok(cmd.tag, "Some messages were already expunged", "EXPUNGEISSUED")
         return
@@ -306,7 +314,6 @@ async def store(s: IMAPSession, cmd: c.Store) -> None:
     if problem:
         s.bad(cmd.tag, problem)
         return
-    await s.sync(cmd, expunge=cmd.uid)
     uids = _resolve(s, cmd.tag, cmd.sequence, cmd.uid)
     if uids is None:
         return
@@ -466,7 +473,6 @@ async def search(s: IMAPSession, cmd: c.Search) -> None:
     elif returns != ("SAVE",):
         s.untagged(_esearch(cmd.tag, cmd.uid, numbers, returns or ("ALL",),
                             highest if modseq else None))
-    await s.sync(cmd, expunge=cmd.uid)
     s.ok(cmd.tag, "SEARCH completed")
 
 
@@ -543,7 +549,6 @@ async def sort(s: IMAPSession, cmd: c.Sort) -> None:
                             ordered=True))
     else:
         s.untagged(b"SORT" + b"".join(b" %d" % n for n in ordered))
-    await s.sync(cmd, expunge=cmd.uid)
     s.ok(cmd.tag, "SORT completed")
 
 
@@ -562,7 +567,6 @@ async def thread(s: IMAPSession, cmd: c.Thread) -> None:
         for loader in loaders:
             loader.save()
     s.untagged(b"THREAD" + (b" " + rendered if rendered else b""))
-    await s.sync(cmd, expunge=cmd.uid)
     s.ok(cmd.tag, "THREAD completed")
 
 
@@ -581,7 +585,6 @@ async def copy(s: IMAPSession, cmd: c.Copy | c.Move) -> None:
     if target is None:
         s.no(cmd.tag, f"Mailbox does not exist: {cmd.mailbox}", "TRYCREATE")
         return
-    await s.sync(cmd, expunge=cmd.uid)
     uids = _resolve(s, cmd.tag, cmd.sequence, cmd.uid)
     if uids is None:
         return
