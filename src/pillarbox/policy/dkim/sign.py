@@ -8,7 +8,11 @@ on top of the message.
 
 Signing is cheap on purpose: the message is split once, each body
 canonicalization is hashed once for all signers, and signers that sign the
-same header fields the same way share the canonical header data.  What is
+same header fields the same way share the canonical header data.  The
+``DKIM-Signature:`` field itself is folded once per signer and list of
+signed fields (:class:`_Template`); each message only puts its ``t=`` and
+``bh=`` (and ``l=``, ``x=``) into it, so that little but the key operation
+is left per message (docs/architecture.md, "DKIM signing").  What is
 signed (§5.4): the fields of :data:`DEFAULT_HEADERS` that the message has,
 every instance of each; and the fields of :data:`OVERSIGN` once more than
 the message has them (even when it has none), so that nobody can add one
@@ -25,6 +29,7 @@ import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
@@ -61,6 +66,34 @@ OVERSIGN: tuple[str, ...] = ("from", "reply-to", "subject", "to", "cc")
 _NEVER = frozenset({"return-path", "received", "comments", "keywords", "dkim-signature"})
 _WIDTH = 78
 _FIELD_NAME = re.compile(r"[!-9;-~]+\Z")
+_PKCS1 = padding.PKCS1v15()
+_SHA256 = hashes.SHA256()
+# The tags whose values change per message, in the order of the field, each
+# with the control character that stands for it in a template (no tag value
+# of ours can contain one: domains, selectors and field names are checked,
+# and i= must be printable).
+_VARIABLE = (("l", b"\x01"), ("t", b"\x02"), ("x", b"\x03"))
+_BH_MARK = b"\x04"
+_TEMPLATES = 64       # h= lists and templates kept per signer
+
+
+class _Template(NamedTuple):
+    """A signer's ``DKIM-Signature:`` field for one ``h=``, folded, up to ``b=``,
+    with a run of marks for each per-message value (as wide as the value,
+    so the folding is the same), and its canonical form as hashed (§3.7)."""
+
+    head: bytes
+    own: bytes                  # canonical, without the final CRLF
+    column: int                 # where b= ends on its line, for folding the signature
+    marks: tuple[bytes, ...]    # for l=, t=, x=, bh= ; b"" for a tag left out
+
+    def fill(self, values: tuple[bytes, ...]) -> tuple[bytes, bytes]:
+        head, own = self.head, self.own
+        for mark, value in zip(self.marks, values):
+            if mark:
+                head = head.replace(mark, value)
+                own = own.replace(mark, value)
+        return head, own
 
 
 @dataclass(frozen=True)
@@ -78,6 +111,10 @@ class Signer:
     expire_after: int | None = None      # x= this many seconds after t=
     body_length: bool = False            # l= (lets others append to the body, §8.2: avoid)
     _plan: tuple[tuple[bytes, int], ...] = field(init=False, repr=False, compare=False)
+    _templates: dict[tuple[tuple[bytes, ...], tuple[int, ...]], _Template] = field(
+        init=False, repr=False, compare=False)
+    _names: dict[tuple[tuple[bytes, int], ...], tuple[bytes, ...]] = field(
+        init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         try:
@@ -114,13 +151,20 @@ class Signer:
         order = dict.fromkeys(names + tuple(sorted(over)))
         plan = tuple((n.encode("ascii"), int(n in over)) for n in order)
         object.__setattr__(self, "_plan", plan)
+        object.__setattr__(self, "_templates", {})
+        object.__setattr__(self, "_names", {})
 
     @property
     def algorithm(self) -> str:
         return "ed25519-sha256" if isinstance(self.key, ed25519.Ed25519PrivateKey) else "rsa-sha256"
 
     def header_names(self, present: dict[bytes, int]) -> tuple[bytes, ...]:
-        """``h=`` for a message with ``present[name]`` instances of each field."""
+        """``h=`` for a message with ``present[name]`` instances of each field
+        (kept per set of counts: the messages of one client have the same fields)."""
+        key = tuple(present.items())
+        names = self._names.get(key)
+        if names is not None:
+            return names
         out: list[bytes] = []
         for name, over in self._plan:
             count = present.get(name, 0) + over
@@ -128,7 +172,42 @@ class Signer:
                 out.append(name)
             elif count:
                 out.extend([name] * count)
-        return tuple(out)
+        names = tuple(out)
+        if len(self._names) >= _TEMPLATES:
+            self._names.clear()
+        self._names[key] = names
+        return names
+
+    def _template(self, names: tuple[bytes, ...], widths: tuple[int, ...]) -> _Template:
+        """The field for ``h=`` ``names`` and values of ``widths`` (l=, t=, x=, bh=;
+        0 for a tag left out), made once and kept."""
+        key = (names, widths)
+        template = self._templates.get(key)
+        if template is not None:
+            return template
+        tags = [("v", "1"), ("a", self.algorithm),
+                ("c", f"{self.header_canon.value}/{self.body_canon.value}"),
+                ("d", self.domain), ("s", self.selector)]
+        if self.identity is not None:
+            tags.append(("i", self.identity))
+        marks = []
+        for (tag, mark), width in zip(_VARIABLE, widths):
+            if width:
+                tags.append((tag, (mark * width).decode("ascii")))
+            marks.append(mark * width)
+        marks.append(_BH_MARK * widths[3])
+        head = _fold_tags(tags, names, (_BH_MARK * widths[3]).decode("ascii"))
+        if self.header_canon is Canon.RELAXED:
+            own = relaxed_header(HeaderField(b"dkim-signature", head + b"\r\n",
+                                             len(b"DKIM-Signature:")))[:-2]
+        else:
+            own = head
+        column = len(head) - head.rfind(b"\n") - 1
+        template = _Template(head, own, column, tuple(marks))
+        if len(self._templates) >= _TEMPLATES:
+            self._templates.clear()
+        self._templates[key] = template
+        return template
 
 
 def sign(message: bytes, signers: Sequence[Signer], *, now: float | None = None,
@@ -154,12 +233,12 @@ def signature_fields(message: bytes, signers: Iterable[Signer], *, now: float | 
         counts[f.name] = counts.get(f.name, 0) + 1
     clock = int(time.time() if now is None else now)
     # One body hash per body canonicalization, shared by the signers: (bh=, canonical size).
-    digests: dict[Canon, tuple[str, int]] = {}
+    digests: dict[Canon, tuple[bytes, int]] = {}
     canons = list(dict.fromkeys(s.body_canon for s in signers))
     if body_chunks is None:
         for canon in canons:
             canonical = canonical_body(body, canon)
-            digests[canon] = (_b64(hashlib.sha256(canonical).digest()), len(canonical))
+            digests[canon] = (base64.b64encode(hashlib.sha256(canonical).digest()), len(canonical))
     else:
         hashers = [BodyHasher(canon) for canon in canons]
         for chunk in itertools.chain((body,), body_chunks):
@@ -167,42 +246,30 @@ def signature_fields(message: bytes, signers: Iterable[Signer], *, now: float | 
                 hasher.update(chunk)
         for canon, hasher in zip(canons, hashers):
             digest = hasher.digest()
-            digests[canon] = (_b64(digest), hasher.hashed)
+            digests[canon] = (base64.b64encode(digest), hasher.hashed)
     header_data: dict[tuple[Canon, tuple[bytes, ...]], bytes] = {}
     out = []
+    t = str(clock).encode("ascii")
     for signer in signers:
         bh, size = digests[signer.body_canon]
-        length = size if signer.body_length else None
         names = signer.header_names(counts)
         data = header_data.get((signer.header_canon, names))
         if data is None:
             data = _select(fields, names, signer.header_canon)
             header_data[(signer.header_canon, names)] = data
-        tags = [("v", "1"), ("a", signer.algorithm),
-                ("c", f"{signer.header_canon.value}/{signer.body_canon.value}"),
-                ("d", signer.domain), ("s", signer.selector)]
-        if signer.identity is not None:
-            tags.append(("i", signer.identity))
-        if length is not None:
-            tags.append(("l", str(length)))
-        tags.append(("t", str(clock)))
-        if signer.expire_after is not None:
-            tags.append(("x", str(clock + signer.expire_after)))
-        head = _fold_tags(tags, names, bh)
-        unsigned = HeaderField(b"dkim-signature", head + b"\r\n", len(b"DKIM-Signature:"))
-        own = relaxed_header(unsigned)[:-2] if signer.header_canon is Canon.RELAXED else head
+        length = str(size).encode("ascii") if signer.body_length else b""
+        expiry = (b"" if signer.expire_after is None
+                  else str(clock + signer.expire_after).encode("ascii"))
+        values = (length, t, expiry, bh)
+        template = signer._template(names, (len(length), len(t), len(expiry), len(bh)))
+        head, own = template.fill(values)
         signed = data + own
         if isinstance(signer.key, ed25519.Ed25519PrivateKey):
             sig = signer.key.sign(hashlib.sha256(signed).digest())
         else:
-            sig = signer.key.sign(signed, padding.PKCS1v15(), hashes.SHA256())
-        column = len(head) - head.rfind(b"\n") - 1
-        out.append(head + _fold_base64(base64.b64encode(sig), column) + b"\r\n")
+            sig = signer.key.sign(signed, _PKCS1, _SHA256)
+        out.append(head + _fold_base64(base64.b64encode(sig), template.column) + b"\r\n")
     return out
-
-
-def _b64(digest: bytes) -> str:
-    return base64.b64encode(digest).decode("ascii")
 
 
 def _select(fields: list[HeaderField], names: tuple[bytes, ...], canon: Canon) -> bytes:
