@@ -11,11 +11,22 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from tests.conftest import free_port
+from tests.dnsserver import dnsmasq
 
 
 def test_serve_without_configuration_is_a_complete_development_server(tmp_path):
+    # The development defaults check SPF, DMARC, HELO and iprev of every message,
+    # which ask the DNS: a nameserver of the test's own on loopback (dnsmasq, no
+    # upstream), not the machine's resolver (tests talk to loopback only).
+    (tmp_path / "dns").mkdir()
+    with dnsmasq(tmp_path / "dns", []) as dns:
+        _serve_and_use(tmp_path, dns.nameserver)
+
+
+def _serve_and_use(tmp_path: Path, nameserver: str) -> None:
     port = free_port()
     # The other development ports (IMAP 2143/2993, POP3 2110/2995) may be taken here.
     imap, imaps, pop3, pop3s = free_port(), free_port(), free_port(), free_port()
@@ -26,6 +37,7 @@ def test_serve_without_configuration_is_a_complete_development_server(tmp_path):
     args = [sys.executable, "-m", "pillarbox"]
     for key, value in options.items():
         args += ["-o", f"{key}=127.0.0.1:{value}"]
+    args += ["-o", f"dns.nameservers={nameserver}"]
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
