@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from pillarbox.store.blobs import BlobWriter
 
@@ -344,12 +344,23 @@ class MessageMeta:
 
 @dataclass(frozen=True, slots=True)
 class Changes:
-    """What changed in a mailbox after a MODSEQ: for EXISTS/EXPUNGE/FETCH and QRESYNC."""
+    """What changed in a mailbox after a MODSEQ, with the mailbox's head as it
+    was then: for EXISTS/EXPUNGE/FETCH and QRESYNC."""
 
     highestmodseq: int
     uidnext: int
-    changed: list[MessageMeta]   # new or with new flags, modseq > since, by UID
+    changed: list[FlagState]     # new or with new flags, modseq > since, by UID
     expunged: list[int]          # UIDs expunged with modseq > since, ascending
+    uidvalidity: int = 0
+    keywords: tuple[str, ...] = ()
+
+
+class FlagState(NamedTuple):
+    """A message as a change tells a session of it: its UID, flags and MODSEQ."""
+
+    uid: int
+    flags: frozenset[str]
+    modseq: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from pillarbox.protocols.imap.commands import SequenceSet
-from pillarbox.store.base import Changes, Mailbox, MessageMeta
+from pillarbox.store.base import Changes, FlagState, Mailbox
 
 
 @dataclass(slots=True)
@@ -37,7 +37,7 @@ class Update:
     exists: int | None = None                                 # new EXISTS count
     new: list[int] = field(default_factory=list)              # UIDs that EXISTS adds
     recent: int | None = None
-    flags: list[tuple[int, MessageMeta]] = field(default_factory=list)  # (seq, meta)
+    flags: list[tuple[int, FlagState]] = field(default_factory=list)   # (seq, state)
     new_keywords: bool = False
 
     def __bool__(self) -> bool:

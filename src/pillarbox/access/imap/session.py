@@ -394,27 +394,33 @@ class IMAPSession:
                    box: Any = None) -> None:
         """Tell the client what changed in its selected mailbox (RFC 9051 §7).
 
-        A cheap check first (one indexed read of HIGHESTMODSEQ and the
-        mailbox's keywords, or the mailbox the hub just read), the full read
-        only when something moved.
+        One read of the mailbox's head and what changed after the view's
+        MODSEQ (one statement, nothing to carry when nothing moved); or, in
+        IDLE, the mailbox the hub just read, and the changes shared by the
+        sessions woken with it.
         """
         view = self.selected
         if view is None:
             return
         store = self.ctx.store
-        head: tuple[int, int, tuple[str, ...]] | None
         if box is not None and box.id == view.mailbox_id:
-            head = (box.highestmodseq, box.uidvalidity, box.keywords)
+            if box.uidvalidity != view.uidvalidity:
+                raise NoSuchMailbox(view.name)
+            if box.highestmodseq == view.modseq and not (expunge and view.pending):
+                return
+            changes = _changes(store, view.mailbox_id, box.uidvalidity, view.modseq,
+                               box.highestmodseq)
+            keywords = box.keywords
         else:
-            row = store.mailbox_head(view.mailbox_id)
-            head = None if row is None else (
-                row[0], row[1], tuple(row[2].split()) if row[2] else ())
-        if head is None or head[1] != view.uidvalidity:
-            raise NoSuchMailbox(view.name)
-        highest, validity, keywords = head
-        if highest == view.modseq and not (expunge and view.pending):
-            return
-        changes = _changes(store, view.mailbox_id, validity, view.modseq, highest)
+            try:
+                changes = store.changes(view.mailbox_id, view.modseq)
+            except NoSuchMailbox:
+                raise NoSuchMailbox(view.name) from None
+            if changes.uidvalidity != view.uidvalidity:
+                raise NoSuchMailbox(view.name)
+            if changes.highestmodseq == view.modseq and not (expunge and view.pending):
+                return
+            keywords = changes.keywords
         recent_before = len(view.recent)
         update = view.refresh(changes, allow_expunge=expunge, keywords=keywords)
         claim = bool(update.new) and not view.readonly and not self.rev2
