@@ -39,14 +39,16 @@ transaction.  Without a ``Handoff`` (tools, tests) a remote recipient fails
 as one that went away.
 
 An alias that forwards to other domains is expanded at RCPT, where the
-forwarded copy gets its SRS sender and ARC seal (``receive/forwarding.py``).
-Met here instead (a delivery report to a local sender, the postmaster's copy
-of a report, an alias changed after the message was accepted), its targets
-are added to the entry as recipients of their own (ORCPT: the alias) and go
-to remote delivery with the entry's reverse path; an alias that reaches only
-other domains is then settled as forwarded.  Before, such a recipient failed
-as unknown, and the remote targets of an alias that also reaches an account
-were dropped.
+forwarded copy gets its SRS sender and ARC seal (``receive/forwarding.py``),
+and by ``sendmail``; an alias that reaches only other domains is then left
+out of the entry.  Met here (a delivery report to a local sender, the
+postmaster's copy of a report, an alias changed after the message was
+accepted), such an alias has its targets added to the entry as recipients of
+their own (ORCPT: the alias), for remote delivery with the entry's reverse
+path, and is settled as forwarded; before, it failed as unknown.  An alias
+that also reaches an account is in the entry for that account, its remote
+targets queued already at RCPT, so they are not followed here (a report to
+such an alias reaches its accounts only).
 
 This module is the policy; the reads and writes are the store's
 (``LocalDelivery`` in ``pillarbox.store.base``, for SQLite
@@ -144,19 +146,21 @@ def deliver_batch(
                 handoff.remote.append((queue_id, idx, address))
                 kept = True
                 continue
-            if resolution.forwards and handoff is not None:
-                # An alias of ours naming other domains' addresses, met here and not
-                # at RCPT (a report to a local sender or to the postmaster, an alias
-                # changed since): its targets join the entry as recipients of their
-                # own for remote delivery, as the receiving session queues them.
+            if resolution.verdict is Verdict.FORWARD and handoff is not None:
+                # An alias of ours that names only other domains' addresses. The
+                # receiving session and sendmail queue its targets instead of it, so
+                # here it was never expanded (a report to a local sender or to the
+                # postmaster, an alias changed since): its targets join the entry as
+                # recipients of their own, for remote delivery.  (An alias that also
+                # reaches an account stays in the entry for the account, its remote
+                # targets already queued: they are not followed again here.)
                 for target_idx, target in batch.add_forwards(
                         queue_id, idx, resolution.forwards, f"rfc822;{xtext_encode(address)}"):
                     handoff.remote.append((queue_id, target_idx, target))
                 kept = True
-                if resolution.verdict is Verdict.FORWARD:
-                    batch.settle(queue_id, idx, "delivered",
-                                 FORWARDED.format(", ".join(resolution.forwards)))
-                    continue
+                batch.settle(queue_id, idx, "delivered",
+                             FORWARDED.format(", ".join(resolution.forwards)))
+                continue
             if resolution.verdict is not Verdict.LOCAL:
                 batch.settle(queue_id, idx, "failed", GONE)
                 failures.append(Failure(queue_id, address, GONE, True, idx))
