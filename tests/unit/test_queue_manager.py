@@ -369,6 +369,35 @@ def test_aliases_that_forward_are_followed_at_delivery(tmp_path):
     store.close()
 
 
+def test_a_report_to_an_alias_that_forwards_reaches_its_outside_mailboxes(tmp_path):
+    """A report is queued by the manager, not received: its recipient's aliases are
+    expanded as it is made, as RCPT would, so an alias reaching an account and an
+    outside mailbox sends the report to both (ORCPT the alias)."""
+    store = open_store(tmp_path)
+    store.add_alias("team@example.test", BOB)
+    store.add_alias("team@example.test", "carol@elsewhere.test")
+
+    def script(domain: str, m: OutboundMessage) -> list[Outcome]:
+        if domain == "remote.test":
+            return [Outcome(r.idx, "failed", "550 5.1.1 no such user", "5.1.1", "mx.remote.test")
+                    for r in m.recipients]
+        return [Outcome(r.idx, "delivered", "250 2.0.0 Ok", "2.0.0", "mx.elsewhere.test")
+                for r in m.recipients]
+
+    remote = ScriptedRemote(script)
+    enqueue(store, ["gone@remote.test"], sender="team@example.test")
+    run_queue(manager(store, remote), rounds=2)
+    [(domain, report, body)] = [c for c in remote.calls if c[0] == "elsewhere.test"]
+    assert report.reverse_path == ""
+    assert [(r.address, r.orcpt) for r in report.recipients] == [
+        ("carol@elsewhere.test", "rfc822;team@example.test")]
+    assert b"gone@remote.test" in body
+    [dsn] = inbox(store, BOB)
+    assert dsn["Return-Path"] == "<>" and dsn.get_content_type() == "multipart/report"
+    assert store.queue_list() == []
+    store.close()
+
+
 def test_hold_and_delete_take_effect_before_the_next_attempt(tmp_path):
     store = open_store(tmp_path)
     remote = ScriptedRemote(every("delivered", "250 2.0.0 Ok", "2.0.0"), {"slow.test": 0.3})

@@ -47,8 +47,8 @@ accepted), such an alias has its targets added to the entry as recipients of
 their own (ORCPT: the alias), for remote delivery with the entry's reverse
 path, and is settled as forwarded; before, it failed as unknown.  An alias
 that also reaches an account is in the entry for that account, its remote
-targets queued already at RCPT, so they are not followed here (a report to
-such an alias reaches its accounts only).
+targets queued already at RCPT, so they are not followed here (reports have
+their aliases expanded as they are made, ``queue/ledger.py``).
 
 This module is the policy; the reads and writes are the store's
 (``LocalDelivery`` in ``pillarbox.store.base``, for SQLite

@@ -20,14 +20,19 @@ retry and bounce (STYLE.md rule 5).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from pillarbox.deliver.outbound import Outcome
+from pillarbox.deliver.recipients import Verdict, resolve, split_address
+from pillarbox.protocols.smtp.params import xtext_encode
 from pillarbox.queue.report import Event, Message, build_report, wanted
 from pillarbox.queue.schedule import Schedule
-from pillarbox.store.base import NotFound, QueueEntry, QueueWork, RecipientState
+from pillarbox.store.base import (
+    Envelope, EnvelopeRecipient, NotFound, QueueEntry, QueueWork, RecipientState,
+)
 
 __all__ = ["EXPIRED_STATUS", "Ledger", "Round"]
 
@@ -57,10 +62,12 @@ def _event(r: RecipientState, action: str, status: str, reply: str,
 class Ledger:
     def __init__(self, schedule: Schedule, reporting_mta: str, postmaster: str, *,
                  report_lease: float = LEASE_SECONDS,
-                 return_path: Callable[[str], str] | None = None) -> None:
+                 return_path: Callable[[str], str] | None = None,
+                 delimiters: str = "") -> None:
         self.schedule = schedule
         self.reporting_mta = reporting_mta
         self.postmaster = postmaster
+        self.delimiters = delimiters      # sub-addresses, for aliases of report recipients
         # Where reports to a reverse path go (SRS addresses of forwarded copies
         # are reversed to their original senders: receive/srs.py).
         self.return_path = return_path
@@ -101,10 +108,11 @@ class Ledger:
                      reason="the null reverse path: only failures are told, to the "
                      "postmaster, and not when they were for the postmaster")
             return
-        report_id = work.add_message(report.data, report.envelope, now + self.report_lease)
+        envelope = _expanded(work, report.envelope, self.delimiters)
+        report_id = work.add_message(report.data, envelope, now + self.report_lease)
         out.reports.append(report_id)
         out.note("report queued", queue_id=entry.id, report=report_id, action=actions,
-                 to=report.envelope.recipients[0].address,
+                 to=",".join(r.address for r in envelope.recipients),
                  recipients=",".join(e.address for e in chosen))
 
     # ------------------------------------------------------------ outcomes
@@ -203,3 +211,24 @@ class Ledger:
             for idx, action, reply in happened if idx in by_idx
         ]
         self.report(work, entry, events, now, out)
+
+
+def _expanded(work: QueueWork, envelope: Envelope, delimiters: str) -> Envelope:
+    """A report's envelope with its recipient's aliases to other domains expanded,
+    as the receiving session and sendmail expand them: each remote target a
+    recipient with the alias as ORCPT (RFC 3461 §4.2), the alias itself kept only
+    if it also reaches an account of ours.  (Local delivery would otherwise give
+    the accounts their copy and the outside mailboxes nothing.)"""
+    recipients: list[EnvelopeRecipient] = []
+    for r in envelope.recipients:
+        local, domain = split_address(r.address)
+        resolution = resolve(work.directory(), local, domain, delimiters) if domain else None
+        if resolution is None or not resolution.forwards:
+            recipients.append(r)
+            continue
+        if resolution.verdict is not Verdict.FORWARD:
+            recipients.append(r)
+        orcpt = r.orcpt or f"rfc822;{xtext_encode(r.address)}"
+        recipients += [EnvelopeRecipient(target, r.notify, orcpt) for target in resolution.forwards
+                       if target.lower() != r.address.lower()]
+    return dataclasses.replace(envelope, recipients=tuple(recipients))

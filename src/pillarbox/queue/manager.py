@@ -154,7 +154,7 @@ class QueueManager:
         self.hostname = hostname
         self._postmaster = postmaster
         self.ledger = Ledger(self.schedule, hostname, postmaster or f"postmaster@{hostname}",
-                             return_path=return_path)
+                             return_path=return_path, delimiters=delimiters)
         self.dispatcher = Dispatcher(
             self._attempt_remote, concurrency=concurrency,
             destination_concurrency=destination_concurrency, active_limit=active_limit,

@@ -7,7 +7,7 @@ implement the same methods.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
@@ -269,6 +269,10 @@ class QueueWork(Protocol):
         """Queue a new message; its id."""
         ...
 
+    def directory(self) -> Directory:
+        """Domains, accounts and aliases as this transaction sees them."""
+        ...
+
 
 # ------------------------------------------------------------ mail access
 #
@@ -425,6 +429,9 @@ class MailStore(Protocol):
     def expunged_since(self, mailbox_id: int, since_modseq: int) -> list[int]: ...
 
     def message_bytes(self, mailbox_id: int, uid: int) -> bytes | None: ...
+
+    def message_reader(self, mailbox_id: int,
+                       uids: list[int]) -> Callable[[int], bytes | None]: ...
 
     # mailboxes (writes)
     async def create_mailbox_named(

@@ -28,6 +28,7 @@ from pillarbox.store.base import Envelope, NotFound, QueueEntry, RecipientState
 from pillarbox.store.blobs import new_id, sync_dirs, write_new
 
 if TYPE_CHECKING:
+    from pillarbox.store.directory import Directory
     from pillarbox.store.sqlite.store import SQLiteStore
 
 _CHUNK = 400
@@ -67,6 +68,9 @@ class SQLiteQueueWork:
     def __init__(self, store: SQLiteStore, conn: sqlite3.Connection) -> None:
         self._store = store
         self._conn = conn
+
+    def directory(self) -> Directory:
+        return self._store.directory(self._conn)
 
     def entries(self, queue_ids: list[str]) -> dict[str, QueueEntry]:
         out: dict[str, QueueEntry] = {}
