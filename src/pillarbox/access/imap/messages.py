@@ -25,11 +25,12 @@ expunges; their UID forms may expunge.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pillarbox.access import cache as cache_mod
 from pillarbox.access.cache import CacheEntry
-from pillarbox.access.fetch import FetchError, render_fetch, sets_seen
+from pillarbox.access.fetch import FetchError, needs_content, render_fetch, sets_seen
 from pillarbox.access.imap.mailboxes import check_flags, refuse_write, storable
 from pillarbox.access.imap.render import flag_list, sequence_set
 from pillarbox.access.imap.selected import InvalidSequence, SelectedMailbox
@@ -53,11 +54,15 @@ class _Loader:
     """Content and cache entries of one command's messages, loaded once each."""
 
     def __init__(self, s: IMAPSession, mailbox_id: int, metas: list[MessageMeta], *,
-                 sort_keys: bool = True) -> None:
+                 sort_keys: bool = True, every_content: bool = False) -> None:
         self.s = s
         self.sort_keys = sort_keys      # False: FETCH, which renders no SORT/THREAD keys
         self.mailbox_id = mailbox_id
         self.metas = metas
+        # Every message's octets will be read (a FETCH of sections): where they
+        # lie is read for all of them at the first (store.message_reader).
+        self.every_content = every_content
+        self._read: Callable[[int], bytes | None] | None = None
         self._cache: dict[str, CacheEntry | None] | None = None
         self.computed: dict[str, CacheEntry] = {}
         self.gone: set[str] = set()
@@ -66,7 +71,13 @@ class _Loader:
         """The message's octets; ``MessageGone`` if it was expunged meanwhile
         (another session, another process): never an empty stand-in, which
         would be rendered, and cached, as if it were the message."""
-        data = self.s.ctx.store.message_bytes(self.mailbox_id, meta.uid)
+        if self.every_content and len(self.metas) > 1:
+            if self._read is None:
+                self._read = self.s.ctx.store.message_reader(
+                    self.mailbox_id, [m.uid for m in self.metas])
+            data = self._read(meta.uid)
+        else:
+            data = self.s.ctx.store.message_bytes(self.mailbox_id, meta.uid)
         if data is None:
             self.gone.add(meta.blob)
             raise MessageGone(meta.uid)
@@ -183,7 +194,8 @@ async def fetch(s: IMAPSession, cmd: c.Fetch) -> None:
                 if m.uid in new:
                     m.flags, m.modseq = new[m.uid].flags, new[m.uid].modseq
                     seen.add(m.uid)
-    loader = _Loader(s, view.mailbox_id, metas, sort_keys=False)
+    loader = _Loader(s, view.mailbox_id, metas, sort_keys=False,
+                     every_content=needs_content(cmd.attrs, cached=True))
     written = 0
     gone = len(uids) - len(metas) if cmd.changedsince is None else 0
     try:
