@@ -1,10 +1,13 @@
 """One process's dispatcher of mailbox changes to the IMAP sessions that watch them.
 
 Hints arrive on the notification channel (``store/sqlite/notify.py``): a
-datagram per change, naming the mailboxes.  The hub wakes the sessions that
-have one of them selected; each re-reads its mailbox and, in IDLE, tells its
-client at once.  Nothing per session polls: the hub is one socket and one
-dictionary for all sessions of the process, however many thousand.
+datagram per change, naming the mailboxes.  The hub wakes the sessions in
+IDLE that have one of them selected; each re-reads its mailbox and tells its
+client at once.  Sessions not in IDLE are not watched: they read their
+mailbox before their next answer anyway, and a hint for a mailbox nobody
+idles on then costs no read.  Nothing per session polls: the hub is one
+socket and one dictionary for all sessions of the process, however many
+thousand.
 
 Hints can be lost (a full socket buffer drops them), so every
 ``SWEEP_SECONDS`` the hub reads the HIGHESTMODSEQ of every watched mailbox in

@@ -190,7 +190,7 @@ class IMAPSession:
             # command (the core has left the mode): no more IDLE updates, which
             # would otherwise go out with no command in progress (RFC 9051 §7.5.1).
             if self.idling is not None and event.tag == self.idling:
-                self.idling = None
+                self._end_idle()
             if self._auth is not None and event.tag == self._auth[0]:
                 self._auth[1].cancel()
                 self._auth = None
@@ -376,11 +376,10 @@ class IMAPSession:
 
     def select_view(self, view: SelectedMailbox) -> None:
         self.selected = view
-        self.ctx.hub.watch(view.mailbox_id, self.wake, view.modseq)
 
     async def deselect(self) -> None:
         if self.selected is not None:
-            self.ctx.hub.unwatch(self.selected.mailbox_id, self.wake)
+            self._unwatch()
             self.selected = None
 
     async def _mailbox_gone(self) -> None:
@@ -471,9 +470,22 @@ class IMAPSession:
 
     async def idle(self, cmd: c.Idle) -> None:
         self.idling = cmd.tag
+        if self.selected is not None:
+            # Watched from before the read below: a change after it wakes us.
+            self.ctx.hub.watch(self.selected.mailbox_id, self.wake, self.selected.modseq)
         self.core.send(r.Continuation("idling"))
         await self.sync(None, expunge=True)
         self.out.flush()
+
+    def _end_idle(self) -> None:
+        """IDLE is over (DONE, a bad line, the connection gone)."""
+        self._unwatch()
+        self.idling = None
+
+    def _unwatch(self) -> None:
+        # The hub wakes only sessions in IDLE; the others read at their next command.
+        if self.idling is not None and self.selected is not None:
+            self.ctx.hub.unwatch(self.selected.mailbox_id, self.wake)
 
     def wake(self, box: Any = None) -> None:
         """The hub's call: our mailbox changed somewhere (``box``: as it reads now)."""
@@ -500,9 +512,10 @@ class IMAPSession:
                 return
 
     async def _idle_done(self) -> None:
-        tag, self.idling = self.idling, None
+        tag = self.idling
         if tag is None:
             return
+        self._end_idle()
         if self._woken is not None and not self._woken.done():
             await asyncio.wait([self._woken])   # one refresh at a time
         await self.sync(None, expunge=True)
@@ -512,9 +525,8 @@ class IMAPSession:
 
     def closed(self) -> None:
         """The connection is gone: let go of everything."""
-        if self.selected is not None:
-            self.ctx.hub.unwatch(self.selected.mailbox_id, self.wake)
-            self.selected = None
+        self._end_idle()
+        self.selected = None
         self._release_account()
         if self._woken is not None:
             self._woken.cancel()
