@@ -23,6 +23,7 @@ import hashlib
 import os
 import secrets
 import socket
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -37,36 +38,59 @@ def _namespace(directory: Path) -> bytes:
 class Notifier:
     """Sends change hints to every listener of one data directory."""
 
+    # The markers' directory is listed again when its mtime moves, and on every
+    # publish while that mtime is this recent: a marker made within the same
+    # tick of the file system's clock as the last listing leaves it unchanged.
+    _RACY_NS = 2_000_000_000
+
     def __init__(self, run_dir: Path) -> None:
         self.directory = run_dir / "notify"
-        self._prefix = b""
+        self._path = str(self.directory)
         self._sock: socket.socket | None = None
+        self._names: list[tuple[str, bytes]] = []   # (marker, socket address)
+        self._listed = -1          # the directory's mtime when it was listed
+
+    def _listeners(self) -> list[tuple[str, bytes]]:
+        """The markers and their sockets, listed again only when the directory
+        changed (a ``stat`` per publish instead of a ``listdir``)."""
+        try:
+            mtime = os.stat(self._path).st_mtime_ns
+        except FileNotFoundError:
+            return []
+        if mtime != self._listed or time.time_ns() - mtime < self._RACY_NS:
+            try:
+                names = os.listdir(self._path)
+            except FileNotFoundError:
+                return []
+            prefix = _namespace(self.directory)
+            self._names = [(name, prefix + name.encode()) for name in names]
+            self._listed = mtime
+        return self._names
 
     def _socket(self) -> socket.socket:
         if self._sock is None:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
             self._sock.setblocking(False)
-            self._prefix = _namespace(self.directory)
         return self._sock
 
     def publish(self, mailbox_ids: Iterable[int]) -> None:
         ids = sorted(set(mailbox_ids))
         if not ids:
             return
-        try:
-            names = os.listdir(self.directory)
-        except FileNotFoundError:
+        names = self._listeners()
+        if not names:
             return
         sock = self._socket()
         for start in range(0, len(ids), _MAX_IDS_PER_DATAGRAM):
             payload = " ".join(map(str, ids[start:start + _MAX_IDS_PER_DATAGRAM])).encode()
-            for name in names:
+            for name, address in names:
                 try:
-                    sock.sendto(payload, self._prefix + name.encode())
+                    sock.sendto(payload, address)
                 except OSError as exc:
                     if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
                         with contextlib.suppress(OSError):
                             os.unlink(self.directory / name)
+                        self._listed = -1
                     # EAGAIN: that listener is congested; its sweep catches up.
 
     def close(self) -> None:
