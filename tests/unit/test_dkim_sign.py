@@ -302,3 +302,22 @@ def test_streamed_body_signs_the_same(ed_key: ed25519.Ed25519PrivateKey, rsa_key
     signers = [Signer("example.com", "r1", rsa_key), Signer("example.com", "e1", ed_key)]
     streamed = sign(message[:head_len], signers, now=NOW, body_chunks=iter(chunks))
     assert ours(streamed + message, zone(r1=rsa_key, e1=ed_key)) == ["pass", "pass"]
+
+
+def test_kept_templates_sign_as_a_new_signer(ed_key: ed25519.Ed25519PrivateKey) -> None:
+    """The folded field and h= a signer keeps (per h= and value widths) give the same
+    octets as a signer that never signed, whatever was signed before: other
+    header sets, t= of another width, l= growing a digit, x=."""
+    def signer() -> Signer:
+        return Signer("example.com", "e1", ed_key, identity="alice@example.com",
+                      body_length=True, expire_after=86400)
+    kept = signer()
+    small = MESSAGE.split(b"\r\n\r\n")[0] + b"\r\n\r\nshort\r\n"
+    large = MESSAGE.split(b"\r\n\r\n")[0] + b"\r\n\r\n" + b"long line\r\n" * 1000
+    other = b"From: a@example.com\r\nSubject: x\r\nSubject: y\r\n\r\nbody\r\n"
+    for message in (MESSAGE, small, large, other, MESSAGE, large):
+        for now in (NOW, 99.0, NOW + 1):
+            assert sign(message, [kept], now=now) == sign(message, [signer()], now=now)
+    signed = sign(large, [kept]) + large
+    assert ours(signed, zone(e1=ed_key), VerifyPolicy(allow_body_length=True),
+                now=time.time()) == ["pass"]

@@ -52,7 +52,10 @@ _WHOLE = 1 << 20             # messages up to this size are read in one piece
 # worker, while for a small one the hand-over costs more than it saves.
 # Measured (RSA-2048 + Ed25519, 2 shared cores): 4 KB inline 1.6 ms CPU and
 # loop lag p99 3.9 ms, in a thread 1.9 ms and 5.2 ms; 2 MB inline lag p99
-# 17.8 ms, in a thread 11.1 ms; about even at 300 KB.
+# 17.8 ms, in a thread 11.1 ms; about even at 300 KB.  Measured again under
+# the outbound bench's load (2 KB, 20 sessions, CPU-bound): every message in
+# a thread cost the workers 0.15 ms more per message, for no gain in rate
+# (docs/architecture.md, "What DKIM signing costs").
 THREAD_OVER = 1 << 19
 
 

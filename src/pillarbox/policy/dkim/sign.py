@@ -12,7 +12,7 @@ same header fields the same way share the canonical header data.  The
 ``DKIM-Signature:`` field itself is folded once per signer and list of
 signed fields (:class:`_Template`); each message only puts its ``t=`` and
 ``bh=`` (and ``l=``, ``x=``) into it, so that little but the key operation
-is left per message (docs/architecture.md, "DKIM signing").  What is
+is left per message (docs/architecture.md, "What DKIM signing costs").  What is
 signed (§5.4): the fields of :data:`DEFAULT_HEADERS` that the message has,
 every instance of each; and the fields of :data:`OVERSIGN` once more than
 the message has them (even when it has none), so that nobody can add one
