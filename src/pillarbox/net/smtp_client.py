@@ -41,6 +41,7 @@ from pillarbox.protocols.smtp.client import (
 __all__ = ["SMTPClient", "SessionFailed", "TLSInfo", "Timeouts", "Transaction"]
 
 _READ = 65536
+WRITE_BATCH = 65536   # content octets buffered before a write (the last ones go with the end)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,9 +230,16 @@ class SMTPClient:
         env = await self._expect(core.EnvelopeDone)
         if not env.accepted:
             return Transaction(env.mail, env.rcpts, env.data, None)
+        # Written once WRITE_BATCH octets are waiting, and with the end of the
+        # message: a small message and its final dot (or BDAT LAST) go in one
+        # write, not one for the content and another for the dot.
+        waiting = 0
         for chunk in content:
             self.core.send_content(chunk)
-            await self._write(self.timeouts.data_block, "data block")
+            waiting += len(chunk)
+            if waiting >= WRITE_BATCH:
+                await self._write(self.timeouts.data_block, "data block")
+                waiting = 0
         self.core.end_content()
         await self._write(self.timeouts.data_block, "data block")
         final = (await self._expect(core.MessageDone)).reply
