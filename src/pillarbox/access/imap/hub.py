@@ -27,7 +27,7 @@ log = logging.getLogger("pillarbox.imap")
 
 SWEEP_SECONDS = 10.0
 
-Wake = Callable[[object], None]   # called with the mailbox as just read, or None
+Wake = Callable[[], None]
 
 
 class Listener(Protocol):
@@ -42,8 +42,6 @@ class Listener(Protocol):
 
 class _ModseqSource(Protocol):
     def highestmodseq(self, mailbox_ids: list[int]) -> dict[int, int]: ...
-
-    def mailbox_by_id(self, mailbox_id: int) -> object: ...
 
 
 class Hub:
@@ -90,15 +88,12 @@ class Hub:
             watchers = self._watchers.get(mailbox_id)
             if not watchers:
                 continue
-            # One read for all the sessions of the mailbox: a delivery to a
-            # mailbox that a thousand sessions watch costs one query here.
-            try:
-                box = self._store.mailbox_by_id(mailbox_id)
-            except Exception:  # noqa: BLE001 - the sessions read it themselves
-                box = None
+            # Each session asks the store what changed; a delivery to a mailbox
+            # that a thousand sessions watch is one read of the tables all the
+            # same, the first one (the store's log, store/sqlite/changelog.py).
             for wake in list(watchers):
                 try:
-                    wake(box)
+                    wake()
                 except Exception:  # noqa: BLE001 - one broken session must not stop the rest
                     log.exception("waking an IMAP session failed")
 

@@ -33,7 +33,7 @@ from pillarbox.access.imap.selected import SelectedMailbox, Update
 from pillarbox.log import log_event
 from pillarbox.protocols.imap import commands as c
 from pillarbox.protocols.imap import responses as r
-from pillarbox.store.base import Changes, NoSuchMailbox
+from pillarbox.store.base import NoSuchMailbox
 
 log = logging.getLogger("pillarbox.imap")
 
@@ -389,37 +389,27 @@ class IMAPSession:
             self.out.flush()
             self.out.close()
 
-    async def sync(self, cmd: c.Command | None, *, expunge: bool = False,
-                   box: Any = None) -> None:
+    async def sync(self, cmd: c.Command | None, *, expunge: bool = False) -> None:
         """Tell the client what changed in its selected mailbox (RFC 9051 §7).
 
-        One read of the mailbox's head and what changed after the view's
-        MODSEQ (one statement, nothing to carry when nothing moved); or, in
-        IDLE, the mailbox the hub just read, and the changes shared by the
-        sessions woken with it.
+        One question to the store, what changed after the view's MODSEQ; it
+        answers from its log of the mailbox, shared by the sessions of this
+        process, and reads the tables only when another connection committed
+        (``store/sqlite/changelog.py``).
         """
         view = self.selected
         if view is None:
             return
         store = self.ctx.store
-        if box is not None and box.id == view.mailbox_id:
-            if box.uidvalidity != view.uidvalidity:
-                raise NoSuchMailbox(view.name)
-            if box.highestmodseq == view.modseq and not (expunge and view.pending):
-                return
-            changes = _changes(store, view.mailbox_id, box.uidvalidity, view.modseq,
-                               box.highestmodseq)
-            keywords = box.keywords
-        else:
-            try:
-                changes = store.changes(view.mailbox_id, view.modseq)
-            except NoSuchMailbox:
-                raise NoSuchMailbox(view.name) from None
-            if changes.uidvalidity != view.uidvalidity:
-                raise NoSuchMailbox(view.name)
-            if changes.highestmodseq == view.modseq and not (expunge and view.pending):
-                return
-            keywords = changes.keywords
+        try:
+            changes = store.changes(view.mailbox_id, view.modseq)
+        except NoSuchMailbox:
+            raise NoSuchMailbox(view.name) from None
+        if changes.uidvalidity != view.uidvalidity:
+            raise NoSuchMailbox(view.name)
+        if changes.highestmodseq == view.modseq and not (expunge and view.pending):
+            return
+        keywords = changes.keywords
         recent_before = len(view.recent)
         update = view.refresh(changes, allow_expunge=expunge, keywords=keywords)
         claim = bool(update.new) and not view.readonly and not self.rev2
@@ -487,21 +477,20 @@ class IMAPSession:
         if self.idling is not None and self.selected is not None:
             self.ctx.hub.unwatch(self.selected.mailbox_id, self.wake)
 
-    def wake(self, box: Any = None) -> None:
-        """The hub's call: our mailbox changed somewhere (``box``: as it reads now)."""
+    def wake(self) -> None:
+        """The hub's call: our mailbox changed somewhere."""
         if self.idling is None:
             return   # told at the next command
         if self._woken is not None and not self._woken.done():
             self._dirty = True
             return
-        self._woken = asyncio.ensure_future(self._idle_refresh(box))
+        self._woken = asyncio.ensure_future(self._idle_refresh())
 
-    async def _idle_refresh(self, box: Any = None) -> None:
+    async def _idle_refresh(self) -> None:
         while True:
             self._dirty = False
             try:
-                await self.sync(None, expunge=True, box=box)
-                box = None
+                await self.sync(None, expunge=True)
             except NoSuchMailbox:
                 await self._mailbox_gone()
                 return
@@ -530,30 +519,6 @@ class IMAPSession:
         self._release_account()
         if self._woken is not None:
             self._woken.cancel()
-
-
-_CHANGES: dict[tuple[int, int, int, int], Changes] = {}
-
-
-def _changes(store: Any, mailbox_id: int, uidvalidity: int, since: int,
-             highest: int) -> Changes:
-    """``store.changes``, shared by the sessions of this process that need the same.
-
-    A delivery wakes every session watching the mailbox at once; they all
-    know the same MODSEQ, and what changed between it and the mailbox's
-    HIGHESTMODSEQ cannot change any more (a later change raises the
-    HIGHESTMODSEQ), so one read serves them all.
-    """
-    key = (mailbox_id, uidvalidity, since, highest)
-    found = _CHANGES.get(key)
-    if found is None:
-        found = store.changes(mailbox_id, since)
-        if found.highestmodseq != highest:
-            return found          # it moved meanwhile: not the state the key names
-        if len(_CHANGES) >= 64:
-            _CHANGES.clear()
-        _CHANGES[key] = found
-    return found
 
 
 Handler = Callable[[IMAPSession, Any], Awaitable[None]]

@@ -37,7 +37,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pillarbox.store.base import (
     Changes,
     Credentials,
-    FlagState,
     FlagUpdate,
     Mailbox,
     MailboxCounts,
@@ -52,6 +51,7 @@ from pillarbox.store.base import (
     StoreError,
 )
 from pillarbox.store.blobs import new_id, segment_separator, write_segment
+from pillarbox.store.sqlite.changelog import ChangeLogs
 from pillarbox.store.sqlite.notify import Notifier
 from pillarbox.store.sqlite.recent import Busy as RecentBusy
 from pillarbox.store.sqlite.recent import Gone as RecentGone
@@ -158,6 +158,7 @@ class MailStoreMixin:
         @property
         def advisory(self) -> Any: ...
 
+    _local: Any                   # SQLiteStore's per-thread state (reader connection, logs)
     _notifier: Notifier | None = None
     # The workers' shared \\Recent table (``serve`` attaches it; None: the column alone).
     recent_table: RecentTable | None = None
@@ -465,42 +466,21 @@ class MailStoreMixin:
                 lambda _: table.written(mailbox_id, end))
         return first, end
 
-    # The head of the mailbox and what changed after a MODSEQ, in one statement
-    # (so in one snapshot): before every IMAP answer, and five statements
-    # (BEGIN, three reads, COMMIT) cost twice this one.  No ORDER BY uid: with
-    # it SQLite walks the primary key (every message, every expunged UID of the
-    # mailbox) instead of the MODSEQ indexes.
-    _CHANGES_SQL = (
-        "SELECT 0, highestmodseq, uidvalidity, uidnext, keywords FROM mailboxes WHERE id = ?1"
-        " UNION ALL SELECT 1, uid, modseq, 0, flags FROM messages INDEXED BY messages_modseq"
-        " WHERE mailbox = ?1 AND modseq > ?2"
-        " UNION ALL SELECT 2, uid, modseq, 0, NULL FROM expunged INDEXED BY expunged_modseq"
-        " WHERE mailbox = ?1 AND modseq > ?2"
-    )
-
     def changes(self, mailbox_id: int, since_modseq: int) -> Changes:
         """What changed after ``since_modseq`` (nothing, when that is the
         HIGHESTMODSEQ), with the mailbox's HIGHESTMODSEQ, UIDNEXT, UIDVALIDITY
-        and keywords; ``NoSuchMailbox`` when it is gone."""
-        head = None
-        changed: list[FlagState] = []
-        expunged: list[int] = []
-        parse = parse_flags
-        for kind, a, b, c, text in self.reader.execute(
-                self._CHANGES_SQL, (mailbox_id, since_modseq)):
-            if kind == 1:
-                changed.append(FlagState(a, parse(text), b))
-            elif kind == 2:
-                expunged.append(a)
-            else:
-                head = (a, b, c, text)
-        if head is None:
-            raise NoSuchMailbox(f"mailbox {mailbox_id} is gone")
-        changed.sort()
-        expunged.sort()
-        highest, validity, uidnext, keywords = head
-        return Changes(highest, uidnext, changed, expunged, validity,
-                       tuple(keywords.split()) if keywords else ())
+        and keywords; ``NoSuchMailbox`` when it is gone.  Answered from this
+        connection's log of the mailbox (``changelog.py``), which is read
+        again only when another connection committed."""
+        return self._changelogs().changes(mailbox_id, since_modseq)
+
+    def _changelogs(self) -> ChangeLogs:
+        local = self._local
+        logs: ChangeLogs | None = getattr(local, "logs", None)
+        conn = self.reader
+        if logs is None or logs.conn is not conn:
+            logs = local.logs = ChangeLogs(conn, parse_flags)
+        return logs
 
     def highestmodseq(self, mailbox_ids: list[int]) -> dict[int, int]:
         """The HIGHESTMODSEQ of each mailbox that still exists (a cheap sweep)."""

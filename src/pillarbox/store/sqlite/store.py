@@ -192,6 +192,7 @@ class SQLiteStore(MailStoreMixin, QueueStoreMixin):
         if conn is not None:
             conn.close()
             self._local.conn = None
+            self._local.logs = None
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -204,6 +205,9 @@ class SQLiteStore(MailStoreMixin, QueueStoreMixin):
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+        logs = getattr(self._local, "logs", None)
+        if logs is not None:
+            logs.clear()   # a commit of its own: PRAGMA data_version does not count it
 
     # ------------------------------------------------------------- directory
 
