@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pillarbox import __version__
+from pillarbox.access.fetch import format_flags
 from pillarbox.access.imap import mailboxes as m
 from pillarbox.access.imap import messages as msg
 from pillarbox.access.imap.hub import Hub
@@ -47,20 +48,9 @@ CAPABILITIES = (
     "SORT=DISPLAY", "ESORT", "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "COMPRESS=DEFLATE",
     "UTF8=ACCEPT", "SAVEDATE", "WITHIN",
 )
+_RECENT = frozenset({"\\Recent"})
 ENABLEABLE = {"IMAP4REV2": "IMAP4rev2", "CONDSTORE": "CONDSTORE", "QRESYNC": "QRESYNC",
               "UTF8=ACCEPT": "UTF8=ACCEPT"}
-
-
-class Raw(r.Response):
-    """A response the session rendered itself (data responses, FETCH lines)."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def render(self, utf8: bool = False) -> bytes:
-        return self.data
 
 
 def _code(code: str | None) -> r.ResponseCode | None:
@@ -71,6 +61,8 @@ class Core(Protocol):
     """What the session needs of the protocol core."""
 
     def send(self, response: Any) -> None: ...
+
+    def send_data(self, data: bytes) -> None: ...
 
 
 class Output(Protocol):
@@ -143,10 +135,10 @@ class IMAPSession:
 
     def untagged(self, data: bytes) -> None:
         """``* <data>``: a data or status response."""
-        self.core.send(Raw(b"* " + data + b"\r\n"))
+        self.core.send_data(b"* " + data + b"\r\n")
 
     def raw(self, data: bytes) -> None:
-        self.core.send(Raw(data))
+        self.core.send_data(data)
 
     def ok(self, tag: str, text: str, code: str | None = None) -> None:
         self.core.send(r.Tagged(tag, "OK", text, _code(code)))
@@ -433,8 +425,9 @@ class IMAPSession:
 
         if update.vanished:
             self.untagged(b"VANISHED " + sequence_set(update.vanished))
-        for seq in update.expunged_seqs:
-            self.untagged(b"%d EXPUNGE" % seq)
+        if update.expunged_seqs:
+            self.core.send_data(b"".join(b"* %d EXPUNGE\r\n" % seq
+                                         for seq in update.expunged_seqs))
         if update.new_keywords:
             self.untagged(b"FLAGS " + flag_list(self.flags_of(view)))
             self.untagged(b"OK [PERMANENTFLAGS " + flag_list(self.flags_of(view) + ["\\*"])
@@ -443,14 +436,22 @@ class IMAPSession:
             self.untagged(b"%d EXISTS" % update.exists)
             if recent and not self.rev2:
                 self.untagged(b"%d RECENT" % len(view.recent))
-        for seq, meta in update.flags:
-            flags = set(meta.flags)
-            if meta.uid in view.recent and not self.rev2:
-                flags.add("\\Recent")
-            items = b"UID %d FLAGS %s" % (meta.uid, flag_list(flags))
-            if view.condstore:
-                items += b" MODSEQ (%d)" % meta.modseq
-            self.untagged(b"%d FETCH (%s)" % (seq, items))
+        if update.flags:
+            # Other sessions' STOREs: the bulk of what a busy shared mailbox
+            # sends, rendered in one piece; each flag set once (format_flags).
+            recent_uids = view.recent if not self.rev2 else ()
+            lines = []
+            for seq, meta in update.flags:
+                flags = meta.flags
+                if recent_uids and meta.uid in recent_uids:
+                    flags = flags | _RECENT
+                if view.condstore:
+                    lines.append(b"* %d FETCH (UID %d FLAGS %s MODSEQ (%d))\r\n"
+                                 % (seq, meta.uid, format_flags(flags), meta.modseq))
+                else:
+                    lines.append(b"* %d FETCH (UID %d FLAGS %s)\r\n"
+                                 % (seq, meta.uid, format_flags(flags)))
+            self.core.send_data(b"".join(lines))
 
     @staticmethod
     def flags_of(view: SelectedMailbox) -> list[str]:

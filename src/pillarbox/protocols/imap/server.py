@@ -8,6 +8,7 @@ Public API (h11's model)::
     ev = core.next_event()               # a Command, AuthResponse, IdleDone, BadCommand,
                                          # or NEED_DATA / PAUSED
     core.send(response)                  # any responses.Response; queues its bytes
+    core.send_data(octets)               # untagged data the session rendered itself
     core.data_to_send() -> bytes         # everything queued, for the socket
     core.closed                          # BYE sent: write data_to_send(), then close
     core.starting_tls / core.start_tls_done()
@@ -278,6 +279,12 @@ class IMAPServerConnection:
                 self.rev2 = self.utf8 = True
             if "UTF8=ACCEPT" in enabled:
                 self.utf8 = True
+
+    def send_data(self, data: bytes) -> None:
+        """Queue untagged data responses the session rendered itself (FETCH,
+        EXISTS, LIST ... lines): the core learns nothing from data responses,
+        so they skip ``send``'s bookkeeping, the most frequent output of all."""
+        (self._out if self._held is None else self._held).append(data)
 
     def start_tls_done(self) -> None:
         """The TLS handshake after STARTTLS's OK succeeded (RFC 9051 §6.2.1)."""
