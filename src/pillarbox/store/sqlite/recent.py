@@ -14,8 +14,9 @@ supervisor maps before it forks (as the connection counters of
 by the processes, and the column is brought up to date afterwards by the
 advisory committer, monotonically (``max``), so the order of those writes
 does not matter.  The column stays the truth across restarts and for
-the readers of processes without the table (the CLI), a few milliseconds
-behind at most; the workers' readers (EXAMINE, STATUS RECENT) consult the
+the readers of processes without the table (the CLI), half a second
+behind at most (a worker writes its claims at most twice a second, all
+mailboxes in one commit); the workers' readers (EXAMINE, STATUS RECENT) consult the
 table as well (:meth:`RecentTable.first_unclaimed`), so a claim counts for
 them from the moment it is made.
 
@@ -24,7 +25,7 @@ column is known to have reached.  A mailbox comes into a free slot, or into
 one whose mailbox's claims are all in the column, with the column's value;
 so a value read from the column is never behind a claim made here.  When its
 slot holds another mailbox with a write still on its way, the caller waits
-for that write (milliseconds).
+for that write (half a second at most).
 """
 
 from __future__ import annotations
