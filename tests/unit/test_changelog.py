@@ -1,7 +1,7 @@
 """The per-connection log of mailbox changes (``store/sqlite/changelog.py``).
 
-The invariant: ``store.changes(mailbox, since)`` answers exactly what the
-tables hold, whoever wrote meanwhile (this process's committer, another
+The invariant: ``store.changes(mailbox, since)`` and ``store.messages_by_uid``
+answer exactly what the tables hold, whoever wrote meanwhile (this process's committer, another
 connection as another process would, this connection itself), for any
 MODSEQ a session may know, also after the log started again.
 """
@@ -80,6 +80,11 @@ def test_answers_match_the_tables_through_random_writes(store, monkeypatch):
                 other.execute("COMMIT")
             for since in {rnd.choice(known), known[-1], max(known[0], known[-1] - 3)}:
                 assert answer(store, inbox.id, since) == from_tables(store, inbox.id, since)
+            ever = list(range(1, 2 + step))        # expunged ones too
+            every = [m.uid for m in store._read_metas(inbox.id, ever)]
+            for wanted in (ever, every, sorted(rnd.sample(every, len(every) // 2)), [step + 5]):
+                assert store.messages_by_uid(inbox.id, wanted) == store._read_metas(
+                    inbox.id, wanted)
             known.append(store.changes(inbox.id, known[-1]).highestmodseq)
 
     asyncio.run(run())

@@ -24,6 +24,7 @@ expunges; their UID forms may expunge.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -190,9 +191,11 @@ async def fetch(s: IMAPSession, cmd: c.Fetch) -> None:
             for u in updates:
                 view.reported[u.uid] = u.modseq
             new = {u.uid: u for u in updates}
-            for m in metas:
+            for i, m in enumerate(metas):
                 if m.uid in new:
-                    m.flags, m.modseq = new[m.uid].flags, new[m.uid].modseq
+                    # A new value: the store may share the one it gave.
+                    metas[i] = dataclasses.replace(m, flags=new[m.uid].flags,
+                                                   modseq=new[m.uid].modseq)
                     seen.add(m.uid)
     loader = _Loader(s, view.mailbox_id, metas, sort_keys=False,
                      every_content=needs_content(cmd.attrs, cached=True))

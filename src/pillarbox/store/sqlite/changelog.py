@@ -39,12 +39,14 @@ from __future__ import annotations
 import sqlite3
 from bisect import bisect_right
 from collections.abc import Callable
+from operator import attrgetter
 
-from pillarbox.store.base import Changes, FlagState, NoSuchMailbox
+from pillarbox.store.base import Changes, FlagState, MessageMeta, NoSuchMailbox
 
 LOG_ENTRIES = 1024     # per mailbox, before the log starts again at its HIGHESTMODSEQ
 ENTRIES = 65536        # over all the logs of one connection
 LOGS = 4096            # mailboxes with a log, per connection
+METAS = 100_000        # messages' whole metadata kept, per connection
 
 # The head of the mailbox and what changed after a MODSEQ, in one statement (so
 # in one snapshot).  No ORDER BY: with it SQLite walks the primary key (every
@@ -86,7 +88,8 @@ def _by_modseq(entry: _Entry) -> tuple[int, int]:
 class _Log:
     """The changes of one mailbox above ``base`` (see the module docstring)."""
 
-    __slots__ = ("base", "gone", "head", "keywords", "modseqs", "state", "uids", "version")
+    __slots__ = ("base", "gone", "head", "keywords", "metas", "modseqs", "state", "uids",
+                 "version")
 
     def __init__(self, base: int, head: _Head, entries: list[_Entry], version: int) -> None:
         self.base = base
@@ -95,6 +98,9 @@ class _Log:
         self.uids: list[int] = []
         self.state: dict[int, FlagState] = {}   # UID -> as it is now
         self.gone: dict[int, int] = {}          # expunged UID -> MODSEQ of the expunge
+        # Whole metadata of messages read since the log began, kept as they are
+        # now: flags and MODSEQ follow the log, the rest never changes.
+        self.metas: dict[int, MessageMeta] = {}
         self.head = head
         self.keywords = _keywords(head[3])
         self.add(head, entries)
@@ -102,22 +108,32 @@ class _Log:
     def __len__(self) -> int:
         return len(self.modseqs)
 
-    def add(self, head: _Head, entries: list[_Entry]) -> None:
-        """What a read after the log's HIGHESTMODSEQ found."""
+    def add(self, head: _Head, entries: list[_Entry]) -> int:
+        """What a read after the log's HIGHESTMODSEQ found; returns how many
+        messages' metadata went with their expunge."""
+        metas = self.metas
+        kept = len(metas)
         for modseq, uid, now in entries:
             self.modseqs.append(modseq)
             self.uids.append(uid)
             if now is None:
                 self.state.pop(uid, None)
                 self.gone[uid] = modseq
+                metas.pop(uid, None)
             else:
                 self.state[uid] = now
+                old = metas.get(uid)
+                if old is not None:
+                    metas[uid] = MessageMeta(uid, now.flags, now.modseq, old.internal_date,
+                                             old.size, old.blob, old.savedate)
         if head[3] != self.head[3]:
             self.keywords = _keywords(head[3])
         self.head = head
+        return kept - len(metas)
 
     def restart(self) -> None:
-        """Start again at the HIGHESTMODSEQ: nothing has changed above it."""
+        """Start again at the HIGHESTMODSEQ: nothing has changed above it (the
+        metadata kept is as it is now, so it stays)."""
         self.base = self.head[0]
         self.modseqs, self.uids, self.state, self.gone = [], [], {}, {}
 
@@ -153,39 +169,83 @@ class ChangeLogs:
         self.parse = parse
         self._logs: dict[int, _Log] = {}
         self._entries = 0
+        self._metas = 0
 
     def clear(self) -> None:
         """This connection committed itself: data_version would not tell."""
         self._logs.clear()
         self._entries = 0
+        self._metas = 0
 
     def changes(self, mailbox_id: int, since: int) -> Changes:
-        conn = self.conn
-        version = conn.execute("PRAGMA data_version").fetchone()[0]
-        log = self._logs.get(mailbox_id)
+        log, version = self._caught_up(mailbox_id)
         if log is not None and since >= log.base:
-            if log.version == version:
-                return log.since(since)
-            try:
-                head, entries = read(conn, mailbox_id, log.head[0], self.parse)
-            except NoSuchMailbox:
-                self._drop(mailbox_id)
-                raise
-            if head[1] == log.head[1]:          # the same UIDVALIDITY: the same mailbox
-                log.add(head, entries)
-                log.version = version
-                self._entries += len(entries)
-                return self._answer(log, since)
-            self._drop(mailbox_id)
+            return self._answer(log, since)
         # No log yet, or a question about changes before it: read them and
         # start the log there.
-        head, entries = read(conn, mailbox_id, since, self.parse)
+        head, entries = read(self.conn, mailbox_id, since, self.parse)
         self._drop(mailbox_id)
         if len(self._logs) >= LOGS or self._entries + len(entries) > ENTRIES:
             self.clear()
         log = self._logs[mailbox_id] = _Log(since, head, entries, version)
         self._entries += len(entries)
         return self._answer(log, since)
+
+    def messages(self, mailbox_id: int, uids: list[int],
+                 read_rows: Callable[[list[int]], list[MessageMeta]]) -> list[MessageMeta]:
+        """The metadata of the messages among ``uids`` that exist, by UID: from
+        the log when it holds them (a FETCH of a mailbox's first hundred, asked
+        again and again, reads nothing), else from ``read_rows``, kept then.
+        The values handed out are never changed afterwards: a change makes a
+        new one."""
+        try:
+            log, _ = self._caught_up(mailbox_id)
+        except NoSuchMailbox:
+            log = None
+        if log is None:
+            return read_rows(uids)
+        metas = log.metas
+        found: list[MessageMeta] = []
+        missing: list[int] = []
+        for uid in uids:
+            meta = metas.get(uid)
+            if meta is None:
+                missing.append(uid)
+            else:
+                found.append(meta)
+        if missing:
+            rows = read_rows(missing)
+            room = METAS - self._metas
+            for meta in rows[:max(room, 0)]:
+                if meta.uid not in metas:
+                    metas[meta.uid] = meta
+                    self._metas += 1
+            if not found:
+                return rows
+            found += rows
+        found.sort(key=_uid)
+        return found
+
+    def _caught_up(self, mailbox_id: int) -> tuple[_Log | None, int]:
+        """The mailbox's log brought up to date if another connection committed,
+        and the connection's data_version (None: no log)."""
+        conn = self.conn
+        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        log = self._logs.get(mailbox_id)
+        if log is None or log.version == version:
+            return log, version
+        try:
+            head, entries = read(conn, mailbox_id, log.head[0], self.parse)
+        except NoSuchMailbox:
+            self._drop(mailbox_id)
+            raise
+        if head[1] != log.head[1]:              # another UIDVALIDITY: another mailbox
+            self._drop(mailbox_id)
+            return None, version
+        self._metas -= log.add(head, entries)
+        log.version = version
+        self._entries += len(entries)
+        return log, version
 
     def _answer(self, log: _Log, since: int) -> Changes:
         answer = log.since(since)
@@ -198,3 +258,7 @@ class ChangeLogs:
         log = self._logs.pop(mailbox_id, None)
         if log is not None:
             self._entries -= len(log)
+            self._metas -= len(log.metas)
+
+
+_uid = attrgetter("uid")

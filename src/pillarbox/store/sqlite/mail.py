@@ -356,7 +356,16 @@ class MailStoreMixin:
         return self._mailbox_row(row), uids, unseen
 
     def messages_by_uid(self, mailbox_id: int, uids: list[int]) -> list[MessageMeta]:
-        """The messages among ``uids`` that still exist, by UID.
+        """The messages among ``uids`` that still exist, by UID: kept by the
+        connection's log of the mailbox (``changelog.py``) once read, which
+        brings their flags and MODSEQ up to date, and read otherwise."""
+        if not uids:
+            return []
+        return self._changelogs().messages(mailbox_id, uids, lambda missing: self._read_metas(
+            mailbox_id, missing))
+
+    def _read_metas(self, mailbox_id: int, uids: list[int]) -> list[MessageMeta]:
+        """The messages among ``uids`` that exist, by UID, from the table.
 
         A range read when the UIDs are close together (most sets clients send
         are ranges): one statement whatever their number, where an ``IN``
