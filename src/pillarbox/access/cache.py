@@ -253,12 +253,24 @@ def fold(text: str) -> str:
     return _titlecase(unicodedata.normalize("NFKD", _titlecase(text)))
 
 
-def _titlecase(text: str) -> str:
-    out = []
-    for ch in text:
+class _Titlecase(dict[int, str]):
+    """``str.translate`` table of the simple titlecase mappings, filled as
+    characters are met (one character each: a longer mapping is not simple)."""
+
+    def __missing__(self, code: int) -> str:
+        ch = chr(code)
         t = ch.title()
-        out.append(t if len(t) == 1 else ch)   # simple mappings only: one character
-    return "".join(out)
+        out = t if len(t) == 1 else ch
+        if len(self) < 65536:
+            self[code] = out
+        return out
+
+
+_TITLECASE = _Titlecase()
+
+
+def _titlecase(text: str) -> str:
+    return text.translate(_TITLECASE)
 
 
 # --- addresses (RFC 5256 §3, RFC 5957 §3) -------------------------------------------

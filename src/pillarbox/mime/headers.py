@@ -104,20 +104,33 @@ def split_fields(block: bytes, offset: int = 0) -> list[HeaderField]:
 class Headers:
     """The fields of one header block, in order, with case-insensitive lookup.
 
-    Lookups scan the list: blocks are short, and an index per part would cost
-    more memory than the fields themselves.
+    The first lookups scan the list; from the third on, an index of the first
+    field of each name, made once (ENVELOPE, BODYSTRUCTURE and the SORT keys
+    of one message look up about thirty names per part).  ``fields`` is not
+    changed after the block is made.
     """
 
-    __slots__ = ("fields",)
+    __slots__ = ("_index", "_lookups", "fields")
 
     def __init__(self, fields: list[HeaderField]):
         self.fields = fields
+        self._index: dict[str, HeaderField] | None = None
+        self._lookups = 0
 
     def get_all(self, name: str) -> list[HeaderField]:
         name = name.lower()
         return [f for f in self.fields if f.name.lower() == name]
 
     def first(self, name: str) -> HeaderField | None:
+        index = self._index
+        if index is not None:
+            return index.get(name.lower())
+        self._lookups += 1
+        if self._lookups > 2:
+            index = self._index = {}
+            for f in self.fields:
+                index.setdefault(f.name.lower(), f)
+            return index.get(name.lower())
         name = name.lower()
         for f in self.fields:
             if len(f.name) == len(name) and f.name.lower() == name:

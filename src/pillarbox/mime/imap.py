@@ -39,12 +39,15 @@ class SectionError(ValueError):
 # --- strings -----------------------------------------------------------------------
 
 _MAX_ESCAPES = 4
+_PLAIN = re.compile(rb'[^\r\n\x00"\\\x80-\xff]*\Z')   # quoted as it is
 
 
 def nstring(value: bytes | None) -> bytes:
     """NIL, a quoted string, or a literal when quoting cannot carry the octets."""
     if value is None:
         return b"NIL"
+    if _PLAIN.match(value):    # most values: one test instead of six
+        return b'"' + value + b'"'
     if b"\r" in value or b"\n" in value or b"\x00" in value or not value.isascii() or (
         value.count(b'"') + value.count(b"\\") > _MAX_ESCAPES
     ):
