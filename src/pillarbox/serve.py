@@ -668,7 +668,7 @@ async def _start_mail_access(config: Config, listeners: Listeners, limiters: Lim
     loop = asyncio.get_running_loop()
     tls = tls_context(config)
     authenticator = Authenticator.from_config(config.auth, store.credentials)
-    hub = Hub(Listener(store.run_dir), store)
+    hub = Hub(Listener(store.run_dir, advertised=False), store)
     hub.start()
     imap_ctx = IMAPContext(
         store=store, authenticator=authenticator, hub=hub, hostname=config.server.hostname,

@@ -57,3 +57,22 @@ def test_the_markers_are_listed_again_only_when_the_directory_changed(
     first.close()
     second.close()
     notifier.close()
+
+
+def test_a_withdrawn_listener_is_sent_nothing_until_it_advertises_again(tmp_path):
+    run = tmp_path / "run"
+    idle = Listener(run)
+    busy = Listener(run, advertised=False)    # no session of its process in IDLE
+    notifier = Notifier(run)
+    notifier.publish([1])
+    assert idle.read() == {1}
+    assert busy.read() == set()
+    busy.advertise()
+    notifier.publish([2])
+    assert busy.read() == {2}
+    busy.withdraw()
+    notifier.publish([3])
+    assert busy.read() == set()
+    assert idle.read() == {2, 3}
+    for x in (idle, busy, notifier):
+        x.close()

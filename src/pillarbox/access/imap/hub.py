@@ -5,7 +5,8 @@ datagram per change, naming the mailboxes.  The hub wakes the sessions in
 IDLE that have one of them selected; each re-reads its mailbox and tells its
 client at once.  Sessions not in IDLE are not watched: they read their
 mailbox before their next answer anyway, and a hint for a mailbox nobody
-idles on then costs no read.  Nothing per session polls: the hub is one
+idles on then costs no read.  While no session of the process is in IDLE
+the hub withdraws its listener's marker, so that writers send it nothing.  Nothing per session polls: the hub is one
 socket and one dictionary for all sessions of the process, however many
 thousand.
 
@@ -36,6 +37,10 @@ class Listener(Protocol):
     def fileno(self) -> int: ...
 
     def read(self) -> set[int]: ...
+
+    def advertise(self) -> None: ...
+
+    def withdraw(self) -> None: ...
 
     def close(self) -> None: ...
 
@@ -70,6 +75,8 @@ class Hub:
             self._sweeper.cancel()
 
     def watch(self, mailbox_id: int, wake: Wake, modseq: int) -> None:
+        if not self._watchers and self._listener is not None:
+            self._listener.advertise()   # writers send here from now on
         self._watchers.setdefault(mailbox_id, set()).add(wake)
         self._seen[mailbox_id] = max(self._seen.get(mailbox_id, 0), modseq)
 
@@ -81,6 +88,8 @@ class Hub:
         if not watchers:
             del self._watchers[mailbox_id]
             self._seen.pop(mailbox_id, None)
+            if not self._watchers and self._listener is not None:
+                self._listener.withdraw()   # nobody here waits for hints
 
     def changed(self, mailbox_ids: set[int]) -> None:
         """Wake every session watching one of ``mailbox_ids``."""

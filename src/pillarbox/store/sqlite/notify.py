@@ -4,9 +4,12 @@ A delivery by the queue manager, an IMAP write in one worker, an import by
 the CLI: each must reach the IDLE sessions of every worker within a second
 (DESIGN.md, processes and cores).  Each listening process binds a Unix
 datagram socket in Linux's abstract namespace (no path-length limit, nothing
-to clean up when the process dies) and leaves a marker file named after it
-in ``<data_dir>/run/notify/``; a writer sends one datagram, the ids of the
-changed mailboxes, to every marker's socket.  A marker whose socket refuses
+to clean up when the process dies) and, while it has a session in IDLE,
+leaves a marker file named after it in ``<data_dir>/run/notify/``; a writer
+sends one datagram, the ids of the changed mailboxes, to every marker's
+socket.  A worker whose sessions are all between commands gets none: they
+read their mailbox before their next answer anyway, and under a steady load
+every write woke every worker for nothing.  A marker whose socket refuses
 (its process is gone) is removed by the first writer that finds it.
 
 Datagrams are hints, never the truth: a listener re-reads the mailbox from
@@ -102,7 +105,7 @@ class Notifier:
 class Listener:
     """This process's inbox of change hints; read it when ``fileno()`` is readable."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, *, advertised: bool = True) -> None:
         directory = run_dir / "notify"
         directory.mkdir(parents=True, exist_ok=True)
         self.name = f"{os.getpid()}-{secrets.token_hex(4)}"
@@ -111,7 +114,23 @@ class Listener:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self.sock.bind(_namespace(directory) + self.name.encode())
         self.sock.setblocking(False)
-        self.marker.touch()
+        self.advertised = False
+        if advertised:
+            self.advertise()
+
+    def advertise(self) -> None:
+        """Leave the marker: writers send here from their next publish on
+        (its directory's mtime moves, which makes them list it again)."""
+        if not self.advertised:
+            self.marker.touch()
+            self.advertised = True
+
+    def withdraw(self) -> None:
+        """Take the marker away: nothing here waits for hints now."""
+        if self.advertised:
+            with contextlib.suppress(OSError):
+                os.unlink(self.marker)
+            self.advertised = False
 
     def fileno(self) -> int:
         return self.sock.fileno()
