@@ -350,6 +350,7 @@ def _header_fields(part: Part, names: list[str], negate: bool) -> bytes:
 
 
 _FIELDS_RE: dict[tuple[str, ...], re.Pattern[bytes]] = {}
+_FIELDS_BY_NAMES: dict[tuple[str, ...], re.Pattern[bytes]] = {}
 _FIELD_NAME = re.compile(r"[!-9;-~]+")    # printable ASCII but ":" (RFC 5322 §3.6.8)
 
 
@@ -364,17 +365,27 @@ def header_fields(message: bytes, header_end: int, names: tuple[str, ...] | list
     that does not start with whitespace starts a field, its name ends at the
     first colon (whitespace before it removed), continuation lines belong to it.
     """
-    if header_end > MAX_HEADER_PARSE or not all(_FIELD_NAME.fullmatch(n) for n in names):
+    if header_end > MAX_HEADER_PARSE:
         return None
-    key = tuple(sorted({n.lower() for n in names}))
-    pattern = _FIELDS_RE.get(key)
+    # A FETCH asks for the same names of every message: the pattern by the
+    # names as given first, without sorting and checking them again.
+    pattern = _FIELDS_BY_NAMES.get(names) if isinstance(names, tuple) else None
     if pattern is None:
-        alternatives = b"|".join(re.escape(n.encode("ascii")) for n in key)
-        pattern = re.compile(rb"^(?:" + alternatives + rb")[ \t]*:[^\n]*(?:\n|\Z)"
-                             rb"(?:[ \t][^\n]*(?:\n|\Z))*", re.MULTILINE)
-        if len(_FIELDS_RE) > 256:
-            _FIELDS_RE.clear()
-        _FIELDS_RE[key] = pattern
+        if not all(_FIELD_NAME.fullmatch(n) for n in names):
+            return None
+        key = tuple(sorted({n.lower() for n in names}))
+        pattern = _FIELDS_RE.get(key)
+        if pattern is None:
+            alternatives = b"|".join(re.escape(n.encode("ascii")) for n in key)
+            pattern = re.compile(rb"^(?:" + alternatives + rb")[ \t]*:[^\n]*(?:\n|\Z)"
+                                 rb"(?:[ \t][^\n]*(?:\n|\Z))*", re.MULTILINE)
+            if len(_FIELDS_RE) > 256:
+                _FIELDS_RE.clear()
+            _FIELDS_RE[key] = pattern
+        if isinstance(names, tuple):
+            if len(_FIELDS_BY_NAMES) > 1024:
+                _FIELDS_BY_NAMES.clear()
+            _FIELDS_BY_NAMES[names] = pattern
     block = message[:header_end]
     if block.count(b"\n") >= MAX_FIELDS:
         return None
