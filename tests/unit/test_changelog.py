@@ -137,3 +137,19 @@ def test_the_log_is_read_again_only_when_another_connection_committed(store, mon
     assert [c.uid for c in store.changes(inbox.id, head).changed] == [1]
     assert reads == [0, head]          # only what came after the log's HIGHESTMODSEQ
     assert sqlite3.sqlite_version_info >= (3, 8, 0)   # PRAGMA data_version
+
+
+def test_after_changes_answers_as_of_the_last_changes(store):
+    account = store.add_account("e@example.test", hash_password("pw"))
+    inbox = store.mailbox(account.id, "INBOX")
+    assert inbox is not None
+    asyncio.run(store.append(inbox.id, [NewMessage(b"Subject: a\r\n\r\nx\r\n")]))
+    store.changes(inbox.id, 0)
+    assert store.messages_by_uid(inbox.id, [1])[0].flags == frozenset()
+    other = store.connect()
+    other.execute("UPDATE messages SET flags = '$late', modseq = modseq + 1 WHERE mailbox = ?",
+                  (inbox.id,))
+    other.close()
+    # The command that read the changes answers as of then; a new read sees it.
+    assert store.messages_by_uid(inbox.id, [1], after_changes=True)[0].flags == frozenset()
+    assert store.messages_by_uid(inbox.id, [1])[0].flags == frozenset({"$late"})

@@ -179,7 +179,8 @@ async def fetch(s: IMAPSession, cmd: c.Fetch) -> None:
     if all(a.name in _FLAG_ITEMS for a in cmd.attrs):
         await _fetch_flags(s, cmd, uids)
         return
-    metas = store.messages_by_uid(view.mailbox_id, uids) if uids else []
+    # As of the sync above: a FETCH answers as its mailbox was at one moment.
+    metas = store.messages_by_uid(view.mailbox_id, uids, after_changes=True) if uids else []
     if cmd.changedsince is not None:
         metas = [m for m in metas if m.modseq > cmd.changedsince]
     seen: set[int] = set()
@@ -348,7 +349,7 @@ async def store(s: IMAPSession, cmd: c.Store) -> None:
     # client knows a keyword before a FETCH shows it (RFC 9051 §7.3.5).
     await s.sync(cmd, expunge=cmd.uid)
     if not cmd.silent or view.condstore:
-        metas = st.messages_by_uid(view.mailbox_id, uids) if uids else []
+        metas = st.messages_by_uid(view.mailbox_id, uids, after_changes=True) if uids else []
         for meta in metas:
             if meta.uid in failed_set:
                 continue

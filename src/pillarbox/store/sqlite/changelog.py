@@ -192,16 +192,23 @@ class ChangeLogs:
         return self._answer(log, since)
 
     def messages(self, mailbox_id: int, uids: list[int],
-                 read_rows: Callable[[list[int]], list[MessageMeta]]) -> list[MessageMeta]:
+                 read_rows: Callable[[list[int]], list[MessageMeta]], *,
+                 after_changes: bool = False) -> list[MessageMeta]:
         """The metadata of the messages among ``uids`` that exist, by UID: from
         the log when it holds them (a FETCH of a mailbox's first hundred, asked
         again and again, reads nothing), else from ``read_rows``, kept then.
         The values handed out are never changed afterwards: a change makes a
-        new one."""
-        try:
-            log, _ = self._caught_up(mailbox_id)
-        except NoSuchMailbox:
-            log = None
+        new one.  ``after_changes``: as the log stood at the last ``changes``
+        of the mailbox, without asking whether anyone committed since (for a
+        command that read its changes: its answer may be as of that moment)."""
+        log: _Log | None
+        if after_changes:
+            log = self._logs.get(mailbox_id)
+        else:
+            try:
+                log, _ = self._caught_up(mailbox_id)
+            except NoSuchMailbox:
+                log = None
         if log is None:
             return read_rows(uids)
         metas = log.metas

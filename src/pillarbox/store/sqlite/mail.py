@@ -355,14 +355,19 @@ class MailStoreMixin:
             conn.execute("COMMIT")
         return self._mailbox_row(row), uids, unseen
 
-    def messages_by_uid(self, mailbox_id: int, uids: list[int]) -> list[MessageMeta]:
+    def messages_by_uid(self, mailbox_id: int, uids: list[int], *,
+                        after_changes: bool = False) -> list[MessageMeta]:
         """The messages among ``uids`` that still exist, by UID: kept by the
         connection's log of the mailbox (``changelog.py``) once read, which
-        brings their flags and MODSEQ up to date, and read otherwise."""
+        brings their flags and MODSEQ up to date, and read otherwise.
+        ``after_changes``: the caller read the mailbox's ``changes`` during the
+        same command; the answer may be as of then (nothing is asked of the
+        database to know whether anyone committed since)."""
         if not uids:
             return []
-        return self._changelogs().messages(mailbox_id, uids, lambda missing: self._read_metas(
-            mailbox_id, missing))
+        return self._changelogs().messages(
+            mailbox_id, uids, lambda missing: self._read_metas(mailbox_id, missing),
+            after_changes=after_changes)
 
     def _read_metas(self, mailbox_id: int, uids: list[int]) -> list[MessageMeta]:
         """The messages among ``uids`` that exist, by UID, from the table.
