@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from pillarbox.access import cache as cache_mod
 from pillarbox.access.cache import CacheEntry
+from pillarbox.access.contents import CONTENTS
 from pillarbox.access.fetch import FetchError, needs_content, render_fetch, sets_seen
 from pillarbox.access.imap.mailboxes import check_flags, refuse_write, storable
 from pillarbox.access.imap.render import flag_list, sequence_set
@@ -71,17 +72,26 @@ class _Loader:
     def content(self, meta: MessageMeta) -> bytes:
         """The message's octets; ``MessageGone`` if it was expunged meanwhile
         (another session, another process): never an empty stand-in, which
-        would be rendered, and cached, as if it were the message."""
+        would be rendered, and cached, as if it were the message.  Octets read
+        a moment ago come from memory (``access/contents.py``)."""
+        key = (self.mailbox_id, meta.uid, meta.blob)
+        data = CONTENTS.get(key)
+        if data is not None:
+            return data
         if self.every_content and len(self.metas) > 1:
             if self._read is None:
-                self._read = self.s.ctx.store.message_reader(
-                    self.mailbox_id, [m.uid for m in self.metas])
+                mailbox_id = self.mailbox_id
+                self._read = self.s.ctx.store.message_reader(mailbox_id, [
+                    m.uid for m in self.metas if (mailbox_id, m.uid, m.blob) not in CONTENTS])
             data = self._read(meta.uid)
+            if data is None:   # not read for: in memory then, and pushed out since
+                data = self.s.ctx.store.message_bytes(self.mailbox_id, meta.uid)
         else:
             data = self.s.ctx.store.message_bytes(self.mailbox_id, meta.uid)
         if data is None:
             self.gone.add(meta.blob)
             raise MessageGone(meta.uid)
+        CONTENTS.put(key, data)
         return data
 
     def lenient(self, meta: MessageMeta) -> bytes:
