@@ -153,3 +153,19 @@ def test_after_changes_answers_as_of_the_last_changes(store):
     # The command that read the changes answers as of then; a new read sees it.
     assert store.messages_by_uid(inbox.id, [1], after_changes=True)[0].flags == frozenset()
     assert store.messages_by_uid(inbox.id, [1])[0].flags == frozenset({"$late"})
+
+
+def test_commits_are_seen_in_the_wal_index_header(store):
+    """The log's test of whether anyone committed reads the -shm header, not SQLite."""
+    account = store.add_account("f@example.test", hash_password("pw"))
+    inbox = store.mailbox(account.id, "INBOX")
+    assert inbox is not None
+    asyncio.run(store.append(inbox.id, [NewMessage(b"Subject: a\r\n\r\nx\r\n")]))
+    logs = store._changelogs()
+    before = logs._version()
+    assert isinstance(before, bytes) and len(before) == 48
+    assert logs._version() == before
+    other = store.connect()
+    other.execute("UPDATE mailboxes SET keywords = 'x' WHERE id = ?", (inbox.id,))
+    other.close()
+    assert logs._version() != before

@@ -14,10 +14,19 @@ expunged above it with the MODSEQ of their expunge, and the head as last
 read (HIGHESTMODSEQ, UIDNEXT, UIDVALIDITY, keywords).  A session's question
 is answered from the log; the log is brought up to date first with one
 statement for what changed after the HIGHESTMODSEQ it knows, and only when
-another connection committed since (``PRAGMA data_version``: SQLite's own
-test, so every writer counts, in every process, the CLI's included).  The
-store clears the logs of a connection that commits itself
-(``SQLiteStore.transaction``), which ``data_version`` does not count.
+any connection committed since.  That test is the WAL-index header (the
+first 48 octets of the database's ``-shm`` file, mapped read-only; the
+format is SQLite's, documented in its "WAL-mode file format" and shared by
+every process and library version on the database): every commit, by any
+writer in any process, the CLI's included, rewrites it before the commit can
+be seen, so an unchanged header means an unchanged database.  Comparing it
+costs no call into SQLite; ``PRAGMA data_version`` did the same job for 22 us
+of CPU under load (and, releasing the GIL, as long again waiting to get it
+back from the committing thread), four times out of five for nothing.  When
+the header cannot be read (no ``-shm`` yet, an unknown version) the log asks
+``PRAGMA data_version``.  The store clears the logs of a connection that
+commits itself (``SQLiteStore.transaction``), which ``data_version`` does not
+count.
 
 Why it is exact: every change of a message takes the mailbox's next MODSEQ
 inside its write transaction, and the writers commit one at a time, so a
@@ -36,7 +45,10 @@ logs, of at most :data:`LOGS` mailboxes.
 
 from __future__ import annotations
 
+import mmap
+import os
 import sqlite3
+import sys
 from bisect import bisect_right
 from collections.abc import Callable
 from operator import attrgetter
@@ -91,9 +103,9 @@ class _Log:
     __slots__ = ("base", "gone", "head", "keywords", "metas", "modseqs", "state", "uids",
                  "version")
 
-    def __init__(self, base: int, head: _Head, entries: list[_Entry], version: int) -> None:
+    def __init__(self, base: int, head: _Head, entries: list[_Entry], version: object) -> None:
         self.base = base
-        self.version = version            # the connection's data_version when it was read
+        self.version = version            # the WAL-index header (or data_version) then
         self.modseqs: list[int] = []      # ascending; an entry superseded later stays
         self.uids: list[int] = []
         self.state: dict[int, FlagState] = {}   # UID -> as it is now
@@ -160,16 +172,57 @@ def _keywords(text: str) -> tuple[str, ...]:
     return tuple(text.split()) if text else ()
 
 
+class WalHeader:
+    """The WAL-index header of a database, mapped read-only from its ``-shm``
+    file (https://www.sqlite.org/walformat.html, "The WAL-Index Header")."""
+
+    _SIZE = 48                 # the first of its two copies
+    _VERSION = 3007000         # iVersion of the format this reads
+
+    def __init__(self, shm_path: str) -> None:
+        fd = os.open(shm_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self._map = mmap.mmap(fd, self._SIZE, mmap.MAP_SHARED, mmap.PROT_READ)
+        finally:
+            os.close(fd)
+
+    def read(self) -> bytes | None:
+        """The header, or None when it is not one SQLite has written yet."""
+        header = self._map[:self._SIZE]
+        if header[12] != 1 or int.from_bytes(header[:4], sys.byteorder) != self._VERSION:
+            return None          # isInit not set, or a format this does not know
+        return header
+
+    def close(self) -> None:
+        self._map.close()
+
+
 class ChangeLogs:
     """The logs of one reader connection (``SQLiteStore`` keeps one per thread)."""
 
     def __init__(self, conn: sqlite3.Connection,
-                 parse: Callable[[str], frozenset[str]]) -> None:
+                 parse: Callable[[str], frozenset[str]], shm_path: str | None = None) -> None:
         self.conn = conn
         self.parse = parse
         self._logs: dict[int, _Log] = {}
         self._entries = 0
         self._metas = 0
+        self._shm_path = shm_path
+        self._header: WalHeader | None = None
+
+    def _version(self) -> object:
+        """What says whether any connection committed since: the WAL-index
+        header, else the connection's data_version."""
+        if self._header is None and self._shm_path is not None:
+            try:
+                self._header = WalHeader(self._shm_path)
+            except (OSError, ValueError):
+                pass             # not there yet (or too short): ask SQLite meanwhile
+        if self._header is not None:
+            header = self._header.read()
+            if header is not None:
+                return header
+        return self.conn.execute("PRAGMA data_version").fetchone()[0]
 
     def clear(self) -> None:
         """This connection committed itself: data_version would not tell."""
@@ -233,11 +286,11 @@ class ChangeLogs:
         found.sort(key=_uid)
         return found
 
-    def _caught_up(self, mailbox_id: int) -> tuple[_Log | None, int]:
+    def _caught_up(self, mailbox_id: int) -> tuple[_Log | None, object]:
         """The mailbox's log brought up to date if another connection committed,
         and the connection's data_version (None: no log)."""
         conn = self.conn
-        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        version = self._version()
         log = self._logs.get(mailbox_id)
         if log is None or log.version == version:
             return log, version

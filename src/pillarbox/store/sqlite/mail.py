@@ -159,6 +159,7 @@ class MailStoreMixin:
         def advisory(self) -> Any: ...
 
     _local: Any                   # SQLiteStore's per-thread state (reader connection, logs)
+    db_path: Path
     _notifier: Notifier | None = None
     # The workers' shared \\Recent table (``serve`` attaches it; None: the column alone).
     recent_table: RecentTable | None = None
@@ -521,7 +522,7 @@ class MailStoreMixin:
         logs: ChangeLogs | None = getattr(local, "logs", None)
         conn = self.reader
         if logs is None or logs.conn is not conn:
-            logs = local.logs = ChangeLogs(conn, parse_flags)
+            logs = local.logs = ChangeLogs(conn, parse_flags, f"{self.db_path}-shm")
         return logs
 
     def highestmodseq(self, mailbox_ids: list[int]) -> dict[int, int]:
