@@ -87,3 +87,40 @@ def test_loop_futures_settle_and_a_cancelled_wait_does_not_undo_the_commit(
     asyncio.run(main())
     gc.close()
     assert _rows(db) == [(1, "x"), (2, "x"), (3, "x"), (4, "x"), (5, "x")]
+
+
+def test_a_batch_of_rerun_jobs_commits_together_and_one_failing_leaves_the_others(
+        tmp_path: Path) -> None:
+    """Jobs that touch only the connection run without savepoints; when one of
+    them fails the batch runs again, job by job, and only that one fails."""
+    gc, db = _committer(tmp_path)
+    runs: list[int] = []
+
+    def counted(k: int):  # type: ignore[no-untyped-def]
+        def job(conn: sqlite3.Connection) -> int:
+            runs.append(k)
+            conn.execute("INSERT INTO t VALUES (?, 'r')", (k,))
+            return k
+        return job
+
+    async def main() -> None:
+        for failing in (False, True):
+            gate = threading.Event()
+            gc.submit(lambda conn: gate.wait(10))      # the rest queue up behind it
+            base = 10 if failing else 0
+            keys = [base + 1, base + 2, base + 1 if failing else base + 3, base + 4]
+            waiters = [gc.submit_async(counted(k), rerun=True) for k in keys]
+            gate.set()
+            outcomes = await asyncio.gather(*waiters, return_exceptions=True)
+            if failing:
+                assert outcomes[:2] == [11, 12] and outcomes[3] == 14
+                assert isinstance(outcomes[2], sqlite3.IntegrityError)
+            else:
+                assert outcomes == [1, 2, 3, 4]
+
+    asyncio.run(main())
+    gc.close()
+    assert _rows(db) == [(1, "r"), (2, "r"), (3, "r"), (4, "r"),
+                         (11, "r"), (12, "r"), (14, "r")]
+    assert runs[:4] == [1, 2, 3, 4]           # together, once each
+    assert runs[4:].count(11) == 2            # rolled back with the batch, then again

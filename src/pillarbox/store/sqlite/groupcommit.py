@@ -3,7 +3,10 @@
 Sessions hand in jobs; the thread takes every job waiting, makes their blobs
 durable (fsync of each file, then of each directory once), runs the jobs in
 one SQLite transaction, each inside a savepoint so that one failing job does
-not take the others with it, and commits once.  Only then are the futures
+not take the others with it, and commits once.  Jobs that touch nothing but
+the connection (``rerun``: the mailbox writes of IMAP) run without their two
+savepoint statements when the whole batch is of them; if one fails, the
+transaction is rolled back and the batch runs again the careful way.  Only then are the futures
 resolved, and only then does a session answer 250.  Under load this turns
 one fsync of the database per message into one per batch, which is what
 makes durability cheap (DESIGN.md, storage model).
@@ -35,6 +38,7 @@ class Job:
     dirs: tuple[Path, ...] = ()
     future: concurrent.futures.Future[Any] | None = None   # settled by the thread (submit)
     waiter: asyncio.Future[Any] | None = None     # settled on its loop (submit_async)
+    rerun: bool = False   # run has no effect but on the connection: it may run again
 
 
 class GroupCommitter:
@@ -68,6 +72,7 @@ class GroupCommitter:
         *,
         prepare: Callable[[], None] | None = None,
         dirs: tuple[Path, ...] = (),
+        rerun: bool = False,
     ) -> asyncio.Future[Any]:
         """Like :meth:`submit`, for a coroutine of the running loop to await.
 
@@ -80,7 +85,7 @@ class GroupCommitter:
         in, a commit's outcome does not depend on whether anyone waits.
         """
         waiter = asyncio.get_running_loop().create_future()
-        self._jobs.put(Job(run, prepare, dirs, waiter=waiter))
+        self._jobs.put(Job(run, prepare, dirs, waiter=waiter, rerun=rerun))
         return waiter
 
     def close(self) -> None:
@@ -141,6 +146,21 @@ class GroupCommitter:
             return exc
         return None
 
+    @staticmethod
+    def _run_together(conn: sqlite3.Connection,
+                      ready: list[Job]) -> list[tuple[Job, Any, BaseException | None]]:
+        """Every job of the batch without savepoints; none of them when one
+        fails (the transaction is rolled back and begun again, empty)."""
+        results: list[tuple[Job, Any, BaseException | None]] = []
+        for job in ready:
+            try:
+                results.append((job, job.run(conn), None))
+            except Exception:  # noqa: BLE001 - the batch runs again, job by job
+                conn.execute("ROLLBACK")
+                conn.execute("BEGIN IMMEDIATE")
+                return []
+        return results
+
     def _commit(self, conn: sqlite3.Connection, batch: list[Job]) -> None:
         ready: list[Job] = []
         dirs: set[Path] = set()
@@ -175,7 +195,9 @@ class GroupCommitter:
                     _settle([(job, None, exc)])
                     return
                 results.append((job, value, None))
-            for job in (ready if len(ready) > 1 else ()):
+            if len(ready) > 1 and all(job.rerun for job in ready):
+                results = self._run_together(conn, ready)
+            for job in (ready if len(ready) > 1 and not results else ()):
                 conn.execute("SAVEPOINT job")
                 try:
                     value = job.run(conn)
