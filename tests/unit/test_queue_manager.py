@@ -495,11 +495,16 @@ def test_a_huge_deferred_queue_keeps_memory_bounded_and_fresh_mail_prompt(tmp_pa
             local = enqueue_fresh(m, [BOB])
             far = enqueue_fresh(m, ["someone@fast.test"])
             start = time.monotonic()
+            # Not a timing: the backlog at slow.test's pace (20 at a time,
+            # 0.5 s each) would take over an hour, so fresh mail delivered
+            # while nearly all of it is untried did not wait for it.  The
+            # generous bound is for a loaded machine, not a speed test.
             while store.queue_get(local) is not None or not any(
                     msg.queue_id == far for _, msg, _ in remote.calls):
                 most = max(most, m.dispatcher.in_memory)
                 await asyncio.sleep(0.01)
-                assert time.monotonic() - start < 5.0, "fresh mail waited for the backlog"
+                assert time.monotonic() - start < 60.0, "fresh mail waited for the backlog"
+            assert len(remote.calls) < n // 10, "fresh mail waited for the backlog"
             latencies.append(time.monotonic() - start)
             await asyncio.sleep(0.3)
             most = max(most, m.dispatcher.in_memory)
@@ -508,8 +513,7 @@ def test_a_huge_deferred_queue_keeps_memory_bounded_and_fresh_mail_prompt(tmp_pa
         await run
         return max(latencies), grown, most
 
-    worst, grown, most = asyncio.run(go())
-    assert worst < 2.0
+    _, grown, most = asyncio.run(go())
     assert 500 <= most <= 2000 + 20                   # the window (full), plus the fresh ones
     assert len(remote.calls) > 50                     # the backlog was being worked on
     assert grown < 40 * 2**20, f"memory grew by {grown / 2**20:.1f} MiB"
