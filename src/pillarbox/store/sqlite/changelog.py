@@ -209,6 +209,12 @@ class ChangeLogs:
         self._metas = 0
         self._shm_path = shm_path
         self._header: WalHeader | None = None
+        # The header is mapped only once this connection has read: the pragma
+        # opens a read transaction, and from then on the connection holds the
+        # -shm file open under SQLite's shared lock, so no other connection can
+        # be the "first" one that truncates and rebuilds it (which would make
+        # the mapping fault).
+        conn.execute("PRAGMA data_version").fetchone()
 
     def _version(self) -> object:
         """What says whether any connection committed since: the WAL-index
