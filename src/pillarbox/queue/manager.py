@@ -19,9 +19,12 @@ Each delivery transaction delivers the local recipients
 (``pillarbox.deliver.local``) and hands the others, grouped by destination
 domain, to remote delivery (``RemoteDelivery``, the contract of
 ``pillarbox.deliver.outbound``).  Remote attempts run concurrently, each as
-its own task; their outcomes are recorded as they come, with the reports
-senders asked for, by ``pillarbox.queue.ledger``, which also retries,
-expires and warns on the schedule of ``pillarbox.queue.schedule``.  Without
+its own task; their outcomes are recorded, with the reports senders asked
+for, by ``pillarbox.queue.ledger``, which also retries, expires and warns on
+the schedule of ``pillarbox.queue.schedule``.  Outcomes ride the fresh
+path's next commit, with the arrivals and deliveries of that moment: one
+commit, not one per outcome, and nothing is done about an outcome (a
+report, a finished entry's blob) before that commit.  Without
 remote delivery (``remote=None``) remote recipients wait, deferred with a
 reply that says so, until they expire.
 
@@ -118,6 +121,17 @@ class Cycle:
     fresh: list[str]                         # entries it tried to deliver
     attempt: Attempt | None = None
     delivery_error: BaseException | None = None
+    recorded: Round = field(default_factory=Round)   # what the remote outcomes did
+    unrecorded: list[tuple[Unit, BaseException]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Record:
+    """A remote attempt's outcomes, waiting for the next commit."""
+
+    unit: Unit
+    outcomes: tuple[Outcome, ...]
+    last: bool                               # the entry's last outstanding unit
 
 
 def socket_path(store: SQLiteStore) -> Path:
@@ -161,6 +175,7 @@ class QueueManager:
         )
         self._fresh: list[str] = []
         self._intake: list[Arrival] = []
+        self._records: list[Record] = []
         self._busy = False
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
@@ -218,17 +233,19 @@ class QueueManager:
         return {"ok": True}
 
     def _cycle(self) -> None:
-        """Start the next commit, if none is running: take in, and deliver.
+        """Start the next commit, if none is running: take in, record, and deliver.
 
         One commit at a time.  It inserts what arrived while the previous one
         was committing (its small messages written into one segment file and
-        fsync'd once) and, in the same transaction, delivers the entries the
-        previous commit took in.  Batches grow with the load, and a message
-        costs a share of two commits, with no polling.
+        fsync'd once), records the remote outcomes that came in meanwhile and,
+        in the same transaction, delivers the entries the previous commit took
+        in.  Batches grow with the load, and a message costs a share of three
+        commits, with no polling.
         """
-        if self._busy or not (self._intake or self._fresh):
+        if self._busy or not (self._intake or self._fresh or self._records):
             return
         batch, self._intake = self._intake, []
+        records, self._records = self._records, []
         fresh, self._fresh = self._fresh[: self.batch], self._fresh[self.batch :]
         self._busy = True
         loop = asyncio.get_running_loop()
@@ -274,6 +291,8 @@ class QueueManager:
                     outcome.append(None)
                 conn.execute("RELEASE arrival")
             cycle = Cycle(outcome, fresh)
+            if records:
+                self._record_in(conn, records, cycle)
             if fresh:
                 conn.execute("SAVEPOINT delivery")
                 try:
@@ -289,24 +308,57 @@ class QueueManager:
         )
 
         def finished(f: concurrent.futures.Future[Cycle]) -> None:
-            loop.call_soon_threadsafe(self._cycled, batch, fresh, f)
+            loop.call_soon_threadsafe(self._cycled, batch, fresh, records, f)
 
         future.add_done_callback(finished)
 
+    def _record_in(self, conn: sqlite3.Connection, records: list[Record], cycle: Cycle) -> None:
+        """The remote outcomes, each in a savepoint of the cycle's transaction (on
+        the committer's thread); an entry's later records follow its earlier ones."""
+        work = SQLiteQueueWork(self.store, conn)
+        now = time.time()
+        for record in records:
+            conn.execute("SAVEPOINT record")
+            try:
+                self.ledger.apply(work, record.unit.message.queue_id, record.outcomes, now,
+                                  cycle.recorded, last=record.last)
+            except Exception as exc:  # noqa: BLE001 - the lease runs out and the poll retries
+                conn.execute("ROLLBACK TO record")
+                cycle.unrecorded.append((record.unit, exc))
+            conn.execute("RELEASE record")
+
     def _cycled(
-        self, batch: list[Arrival], fresh: list[str], future: concurrent.futures.Future[Cycle]
+        self, batch: list[Arrival], fresh: list[str], records: list[Record],
+        future: concurrent.futures.Future[Cycle],
     ) -> None:
-        self._busy = False
+        # Still busy while the results are handed out: what they add (reports,
+        # the fresh ids) waits in the lists for the next commit, started last.
+        try:
+            self._settle_cycle(batch, fresh, records, future)
+        finally:
+            self._busy = False
+            self._cycle()
+
+    def _settle_cycle(
+        self, batch: list[Arrival], fresh: list[str], records: list[Record],
+        future: concurrent.futures.Future[Cycle],
+    ) -> None:
         error = future.exception()
         if error is not None:
             # Nothing of this transaction happened.  The fresh entries keep
-            # their lease and the poll delivers them when it runs out.
+            # their lease and the poll delivers them when it runs out; so do
+            # the entries whose outcomes were not recorded.
             outcome: list[BaseException | None] = [error] * len(batch)
             if fresh:
                 log.warning("delivery of %d entries failed with the commit: %s", len(fresh), error)
+            for record in records:
+                self._unrecorded(record.unit, error)
         else:
             cycle = future.result()
             outcome = cycle.outcome
+            for unit, exc in cycle.unrecorded:
+                self._unrecorded(unit, exc)
+            self._booked(cycle.recorded)
             if cycle.delivery_error is not None:
                 log.warning("delivery batch failed, deferring %d entries: %s",
                             len(fresh), cycle.delivery_error)
@@ -322,7 +374,6 @@ class QueueManager:
                 arrival.done.set_result(None)
             else:
                 arrival.done.set_exception(exc)
-        self._cycle()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -454,7 +505,7 @@ class QueueManager:
                 unit, f"451 4.3.0 Remote delivery failed here (a bug): {exc!r}", "4.3.0")
             delivery = Delivery(outcomes)
         self._log_remote(unit, delivery, outcomes, time.monotonic() - started)
-        await self._record(unit, outcomes)
+        self._record(unit, outcomes)
 
     @staticmethod
     def _all_deferred(unit: Unit, reply: str, status: str) -> tuple[Outcome, ...]:
@@ -478,25 +529,17 @@ class QueueManager:
                                 "451 4.3.0 Remote delivery reported no outcome", "4.3.0")
         return tuple(seen[r.idx] for r in unit.message.recipients)
 
-    async def _record(self, unit: Unit, outcomes: tuple[Outcome, ...]) -> None:
-        """Apply a unit's outcomes in one transaction, with its report and, for the
-        entry's last unit, the end of its round."""
-        last = self.dispatcher.done(unit)
-        qid = unit.message.queue_id
+    def _record(self, unit: Unit, outcomes: tuple[Outcome, ...]) -> None:
+        """Have a unit's outcomes applied by the next commit (``_cycle``), with its
+        report and, for the entry's last unit, the end of its round.  The unit's
+        slot is free at once: it waits for no connection."""
+        self._records.append(Record(unit, outcomes, self.dispatcher.done(unit)))
+        self._cycle()
 
-        def job(conn: sqlite3.Connection) -> Round:
-            out = Round()
-            self.ledger.apply(SQLiteQueueWork(self.store, conn), qid, outcomes, time.time(),
-                              out, last=last)
-            return out
-
-        try:
-            out = await asyncio.wrap_future(self.store.committer.submit(job))
-        except Exception as exc:  # noqa: BLE001 - the lease runs out and the poll retries
-            log_event(log, "recording the outcome failed", queue_id=qid, domain=unit.domain,
-                      error=repr(exc), level=logging.ERROR)
-            return
-        self._booked(out)
+    @staticmethod
+    def _unrecorded(unit: Unit, exc: BaseException) -> None:
+        log_event(log, "recording the outcome failed", queue_id=unit.message.queue_id,
+                  domain=unit.domain, error=repr(exc), level=logging.ERROR)
 
     def _log_remote(self, unit: Unit, delivery: Delivery, outcomes: tuple[Outcome, ...],
                     seconds: float) -> None:
@@ -517,7 +560,8 @@ class QueueManager:
         tools); the fresh path's reports are delivered too."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while (self._busy or self._fresh or self._intake or not self.dispatcher.idle
+        while (self._busy or self._fresh or self._intake or self._records
+               or not self.dispatcher.idle
                or any(not t.done() for t in self._tasks)):
             if loop.time() > deadline:
                 raise TimeoutError("the queue manager did not settle")
