@@ -776,7 +776,7 @@ class DeliveryConfig:
         _Duration(),
         5.0,
         "How long an idle connection to a destination is kept for the next message to "
-        "it (then RSET reuses it). `0`: never reused.",
+        "it. `0`: never reused.",
     )
     connect_timeout: float = _option(
         _Duration(1), 30.0, "Time to establish a TCP connection to another mail server."

@@ -350,7 +350,7 @@ def run(coro: Any) -> Any:
 # ---------------------------------------------------------- core peer tests
 
 
-def test_starttls_self_signed_reuse_and_rset(tls_files: tuple[Path, Path],
+def test_starttls_self_signed_and_reuse(tls_files: tuple[Path, Path],
                                              caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "pillarbox.remote")
 
@@ -362,7 +362,9 @@ def test_starttls_self_signed_reuse_and_rset(tls_files: tuple[Path, Path],
         await rd.close()
         await peer.stop()
         assert peer.connections == 1 and peer.tls_sessions == 1
-        assert peer.resets == 2                       # RSET before messages 2 and 3
+        # Each transaction ended with the reply to its content (RFC 5321
+        # 4.1.1.4): messages 2 and 3 go without an RSET.
+        assert peer.resets == 0
         assert len(peer.messages) == 3
         assert peer.messages[0].data.endswith(b"Hello.\r\n.dot\r\n")
         for d in results:
@@ -386,6 +388,45 @@ def test_a_dropped_idle_connection_is_replaced() -> None:
         rd = remote(Resolver({"r.test": one_mx("r.test")}), peer.port)
         first = await rd.deliver("r.test", msg("b@r.test"))
         peer.drop_all()
+        await asyncio.sleep(0.05)
+        second = await rd.deliver("r.test", msg("b@r.test"))
+        await rd.close()
+        await peer.stop()
+        assert first.outcomes[0].result == second.outcomes[0].result == "delivered"
+        assert peer.connections == 2 and len(peer.messages) == 2
+
+    run(scenario())
+
+
+def test_a_connection_whose_transaction_stopped_short_is_reset_before_reuse() -> None:
+    """Every recipient refused: the server may still hold the MAIL, so the next
+    message on that connection comes after an RSET; after a whole transaction none."""
+    async def scenario() -> None:
+        peer = await CorePeer(refuse=("nobody@r.test",)).start()
+        rd = remote(Resolver({"r.test": one_mx("r.test")}), peer.port)
+        refused = await rd.deliver("r.test", msg("nobody@r.test", queue_id="Q0"))
+        taken = await rd.deliver("r.test", msg("b@r.test", queue_id="Q1"))
+        again = await rd.deliver("r.test", msg("b@r.test", queue_id="Q2"))
+        await rd.close()
+        await peer.stop()
+        assert refused.outcomes[0].result == "failed"
+        assert taken.outcomes[0].result == again.outcomes[0].result == "delivered"
+        assert peer.connections == 1 and peer.resets == 1 and len(peer.messages) == 2
+
+    run(scenario())
+
+
+def test_an_idle_connection_closed_with_421_is_replaced() -> None:
+    """The server said 421 and closed while the connection was idle: the next
+    message reads the 421 where MAIL's reply should be, and goes over a new one."""
+    async def scenario() -> None:
+        peer = await CorePeer().start()
+        rd = remote(Resolver({"r.test": one_mx("r.test")}), peer.port)
+        first = await rd.deliver("r.test", msg("b@r.test"))
+        for protocol in list(peer.protocols):
+            if protocol.transport is not None:
+                protocol.transport.write(b"421 4.4.2 idle too long\r\n")
+                protocol.transport.close()
         await asyncio.sleep(0.05)
         second = await rd.deliver("r.test", msg("b@r.test"))
         await rd.close()

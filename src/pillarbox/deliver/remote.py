@@ -64,7 +64,13 @@ own TLS setting.
 
 Connections: at most ``per_destination`` in use per destination and
 ``total`` in all; an idle connection is kept ``idle_seconds`` and carries the
-next message to the same destination after an RSET.  A slow destination
+next message to the same destination.  Its last transaction ended with the
+reply to its content, which ends a transaction (RFC 5321 §4.1.1.4), so the
+next MAIL goes without an RSET; only one whose transaction stopped short (every
+recipient refused) is reset first.  A connection the server dropped while it
+was idle shows before the server took anything (the connection closes, or a
+421, before the reply to MAIL; no reply within ``RSET_PROBE``): the message
+then goes over another connection, as after a failed RSET.  A slow destination
 only ever holds its own slots, and every wait is bounded by a time-out.
 """
 
@@ -107,7 +113,7 @@ __all__ = ["RelayHost", "RemoteDelivery", "RouteResolver", "TLSPolicy"]
 log = logging.getLogger("pillarbox.remote")
 
 CHUNK = 65536
-RSET_PROBE = 30.0     # seconds for the RSET that checks an idle connection before reuse
+RSET_PROBE = 30.0     # seconds for the first reply on an idle connection taken up again
 
 
 class TLSPolicy(enum.Enum):
@@ -183,6 +189,10 @@ class _Destination:
     slots: asyncio.Semaphore
     idle: list[tuple[SMTPClient, asyncio.TimerHandle]] = field(default_factory=list)
     users: int = 0        # deliveries holding or waiting for a slot
+
+
+class _Stale(Exception):
+    """A connection taken up again turned out dead before the server took anything."""
 
 
 class _TryNext(Exception):
@@ -333,19 +343,23 @@ class RemoteDelivery:
             timer.cancel()
             if client.closed:
                 continue
-            try:
-                # A probe as much as a reset: an idle connection the server has
-                # dropped without a word must not cost a full command time-out.
-                async with asyncio.timeout(min(self.timeouts.command, RSET_PROBE)):
-                    reply = await client.reset()
-            except (SessionFailed, TimeoutError):
-                client.abort()
-                continue
-            if not reply.is_positive:
-                await client.quit()
-                continue
+            if client.needs_reset:
+                try:
+                    # A probe as much as a reset: an idle connection the server has
+                    # dropped without a word must not cost a full command time-out.
+                    async with asyncio.timeout(min(self.timeouts.command, RSET_PROBE)):
+                        reply = await client.reset()
+                except (SessionFailed, TimeoutError):
+                    client.abort()
+                    continue
+                if not reply.is_positive:
+                    await client.quit()
+                    continue
             try:
                 return await self._transaction(dest, client, domain, message, reused=True)
+            except _Stale:
+                client.abort()    # dropped while idle, nothing taken: the next one
+                continue
             except BaseException:
                 client.abort()
                 raise
@@ -713,7 +727,7 @@ class RemoteDelivery:
             delivery = self._all(message, "failed", f"552 5.3.4 Message size {message.size} "
                                  f"exceeds the limit of {ext.size} of {client.peer}", name, tls)
         else:
-            delivery, keep = await self._send(client, message, smtputf8)
+            delivery, keep = await self._send(client, message, smtputf8, reused=reused)
         results = [o.result for o in delivery.outcomes]
         log_event(log, "attempt", queue_id=message.queue_id, domain=domain, mx=name,
                   address=client.address, port=client.port, tls=tls or "none",
@@ -730,8 +744,10 @@ class RemoteDelivery:
         return delivery
 
     async def _send(self, client: SMTPClient, message: OutboundMessage,
-                    smtputf8: bool) -> tuple[Delivery, bool]:
-        """The transaction itself; also whether the connection may carry another."""
+                    smtputf8: bool, *, reused: bool = False) -> tuple[Delivery, bool]:
+        """The transaction itself; also whether the connection may carry another.
+        Raises :class:`_Stale` when a ``reused`` connection was dead before its
+        MAIL had a reply."""
         ext = client.extensions
         name, tls = client.host_name, str(client.tls) if client.tls else None
         body, size = message.body, message.size
@@ -756,8 +772,12 @@ class RemoteDelivery:
             ret=message.dsn_ret, envid=message.dsn_envid, requiretls=message.requiretls)
         content = _chunks(converted) if converted is not None else _read(message.open_body)
         try:
-            tx = await client.send(envelope, content)
+            tx = await client.send(
+                envelope, content,
+                first_reply=min(self.timeouts.mail, RSET_PROBE) if reused else None)
         except SessionFailed as exc:
+            if reused and exc.stage == "MAIL" and exc.kind in ("lost", "closing", "timeout"):
+                raise _Stale(exc.detail) from None
             return self._all(message, "deferred", self._failure_text(exc, client.peer),
                              name, tls), False
         except LocalClientError as exc:
@@ -770,6 +790,9 @@ class RemoteDelivery:
         finally:
             if isinstance(content, _Reader):
                 content.close()
+        if reused and tx.mail.code == 421:
+            # The server's "closing" of an idle connection, read as MAIL's reply.
+            raise _Stale(tx.mail.quote())
         return self._outcomes(message, tx, name, tls, ext.dsn), True
 
     @staticmethod

@@ -128,6 +128,11 @@ class SMTPClient:
         self.tls: TLSInfo | None = None
         self.messages = 0                     # transactions completed on this connection
         self.last_used = time.monotonic()
+        # A transaction was begun and not ended by a reply to its content (its
+        # recipients all refused, say): the server may hold its MAIL still, so
+        # the next one needs an RSET first.
+        self.needs_reset = False
+        self._first_reply: float | None = None    # see send(first_reply=...)
 
     # -------------------------------------------------------------- connect
 
@@ -223,9 +228,16 @@ class SMTPClient:
         await self._write()
         return (await self._expect(core.AuthDone)).reply
 
-    async def send(self, envelope: Envelope, content: Iterable[bytes]) -> Transaction:
-        """One transaction: envelope, then the content if some recipient was accepted."""
+    async def send(self, envelope: Envelope, content: Iterable[bytes], *,
+                   first_reply: float | None = None) -> Transaction:
+        """One transaction: envelope, then the content if some recipient was accepted.
+
+        ``first_reply``: the seconds to wait for the reply to MAIL, when shorter
+        than its time-out (a connection that was idle may be dead without a word).
+        """
+        self.needs_reset = True
         self.core.send_envelope(envelope)
+        self._first_reply = first_reply
         await self._write()
         env = await self._expect(core.EnvelopeDone)
         if not env.accepted:
@@ -243,6 +255,7 @@ class SMTPClient:
         self.core.end_content()
         await self._write(self.timeouts.data_block, "data block")
         final = (await self._expect(core.MessageDone)).reply
+        self.needs_reset = False     # RFC 5321 4.1.1.4: the reply to the end ends it
         self.messages += 1
         self.last_used = time.monotonic()
         return Transaction(env.mail, env.rcpts, env.data, final)
@@ -293,7 +306,7 @@ class SMTPClient:
 
     async def _event(self) -> core.Event:
         """The next event of the core, reading as needed, each reply within its time."""
-        replies, deadline = -1, 0.0
+        replies, deadline, limit = -1, 0.0, 0.0
         loop = asyncio.get_running_loop()
         while True:
             stage = self.core.awaiting or "reply"
@@ -311,14 +324,17 @@ class SMTPClient:
             await self._write()
             if replies != self.core.replies:
                 replies = self.core.replies
-                deadline = loop.time() + self.timeouts.for_reply(stage)
+                limit = self.timeouts.for_reply(stage)
+                if self._first_reply is not None:
+                    limit, self._first_reply = min(limit, self._first_reply), None
+                deadline = loop.time() + limit
             try:
                 async with asyncio.timeout_at(deadline):
                     data = await self._reader.read(_READ)
             except TimeoutError:
                 self.abort()
                 raise SessionFailed("timeout", stage, f"no reply from {self.peer} to {stage} "
-                                    f"in {self.timeouts.for_reply(stage):g}s") from None
+                                    f"in {limit:g}s") from None
             except (OSError, ConnectionError) as exc:
                 data = b""
                 if not self.core.closed:
