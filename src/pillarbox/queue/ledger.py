@@ -130,23 +130,32 @@ class Ledger:
         events: list[Event] = []
         for o in outcomes:
             r = by_idx.get(o.idx)
-            if r is None or not work.settle(queue_id, o.idx, _RESULT_STATUS[o.result], o.reply,
-                                            o.status, o.remote_mta, now):
+            status = _RESULT_STATUS[o.result]
+            if r is None or not work.settle(queue_id, o.idx, status, o.reply, o.status,
+                                            o.remote_mta, now):
                 continue   # not pending any more (bounced meanwhile), or not ours
+            # What settle() wrote, so that the entry need not be read again.
+            by_idx[o.idx] = dataclasses.replace(
+                r, status=status, last_reply=o.reply, status_code=o.status,
+                remote_mta=o.remote_mta, attempts=r.attempts + 1, last_attempt=now)
             if o.result in ("failed", "relayed"):
                 # 'delivered' to a next hop that does DSN: it reports success itself
                 # (RFC 3461 6.2.6).
                 events.append(_event(r, o.result, o.status, o.reply, o.remote_mta))
+        entry = dataclasses.replace(entry, recipients=tuple(by_idx[r.idx]
+                                                            for r in entry.recipients))
         if events:
-            self.report(work, work.entries([queue_id])[queue_id], events, now, out)
+            self.report(work, entry, events, now, out)
         if last:
-            self.end_round(work, queue_id, now, out)
+            self.end_round(work, queue_id, now, out, entry=entry)
 
     def end_round(self, work: QueueWork, queue_id: str, now: float, out: Round,
-                  reply: str | None = None) -> None:
+                  reply: str | None = None, *, entry: QueueEntry | None = None) -> None:
         """Finish, return, warn about or defer an entry whose attempt is complete;
-        ``reply``: why it waits, if not its recipients' last reply."""
-        entry = work.entries([queue_id]).get(queue_id)
+        ``reply``: why it waits, if not its recipients' last reply; ``entry``: the
+        entry as it stands in this transaction, if the caller has it."""
+        if entry is None:
+            entry = work.entries([queue_id]).get(queue_id)
         if entry is None:
             return
         pending = [r for r in entry.recipients if r.status == "pending"]
