@@ -58,6 +58,7 @@ class IMAPProtocol(asyncio.Protocol):
         self._writable.set()
         self._runner: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._active = 0.0        # loop time of the last input (the idle time-out's start)
         self._closing = False
         self._paused = False
         self._deflate: Any = None
@@ -252,9 +253,22 @@ class IMAPProtocol(asyncio.Protocol):
         self.close()
 
     def _touch(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self._loop.call_later(self.cfg.idle_timeout, self._timed_out)
+        # Input moves the deadline; the one timer looks at it when it fires
+        # (a timer made and cancelled at every input was about 3 us a command
+        # under uvloop, a read of the loop's clock is 0.1).
+        self._active = self._loop.time()
+        if self._timer is None:
+            self._timer = self._loop.call_later(self.cfg.idle_timeout, self._check_idle)
+
+    def _check_idle(self) -> None:
+        self._timer = None
+        if self._closing:
+            return
+        left = self._active + self.cfg.idle_timeout - self._loop.time()
+        if left > 0:
+            self._timer = self._loop.call_later(left, self._check_idle)
+            return
+        self._timed_out()
 
     def _timed_out(self) -> None:
         log_event(log, "idle timeout", client=self.peer)
