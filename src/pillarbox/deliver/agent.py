@@ -45,7 +45,7 @@ from typing import Any, BinaryIO, Protocol
 
 from pillarbox.deliver.outbound import Delivery, OutboundMessage, OutboundRecipient, Outcome
 from pillarbox.log import log_event
-from pillarbox.queue.ipc import encode, read_frame
+from pillarbox.queue.ipc import FrameWriter, encode, read_frame
 
 __all__ = ["AgentPool", "DeliveryAgent", "message_to_json", "message_from_json"]
 
@@ -94,6 +94,7 @@ class _Agent:
     def __init__(self, pid: int, writer: asyncio.StreamWriter) -> None:
         self.pid = pid
         self.writer = writer
+        self.out = FrameWriter(writer)    # a delivery batch's requests in one write
         self.pending: dict[int, asyncio.Future[Delivery]] = {}
 
 
@@ -128,8 +129,8 @@ class AgentPool:
         request_id = self._next
         future: asyncio.Future[Delivery] = asyncio.get_running_loop().create_future()
         agent.pending[request_id] = future
-        agent.writer.write(encode({"id": request_id, "op": "deliver", "domain": domain,
-                                   "message": message_to_json(message)}))
+        agent.out.write(encode({"id": request_id, "op": "deliver", "domain": domain,
+                                "message": message_to_json(message)}))
         try:
             return await future
         except _AgentGone as exc:
@@ -223,6 +224,7 @@ class DeliveryAgent:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(encode({"op": "hello", "pid": os.getpid()}))
+        out = FrameWriter(writer)     # answers that come in one turn of the loop, together
         while True:
             try:
                 frame = await read_frame(reader)
@@ -232,11 +234,11 @@ class DeliveryAgent:
                 return
             if frame.get("op") != "deliver":
                 continue
-            task = asyncio.create_task(self._attempt(frame, writer))
+            task = asyncio.create_task(self._attempt(frame, out))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _attempt(self, frame: dict[str, Any], writer: asyncio.StreamWriter) -> None:
+    async def _attempt(self, frame: dict[str, Any], out: FrameWriter) -> None:
         answer: dict[str, Any] = {"id": frame.get("id")}
         try:
             message = message_from_json(frame["message"], self.open_message)
@@ -248,5 +250,4 @@ class DeliveryAgent:
         except Exception as exc:  # noqa: BLE001 - reported; the manager defers the recipients
             log.exception("delivery attempt failed in the agent")
             answer["error"] = repr(exc)
-        if not writer.is_closing():
-            writer.write(encode(answer))
+        out.write(encode(answer))

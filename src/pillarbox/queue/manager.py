@@ -356,8 +356,8 @@ class QueueManager:
         else:
             cycle = future.result()
             outcome = cycle.outcome
-            for unit, exc in cycle.unrecorded:
-                self._unrecorded(unit, exc)
+            for unit, failure in cycle.unrecorded:
+                self._unrecorded(unit, failure)
             self._booked(cycle.recorded)
             if cycle.delivery_error is not None:
                 log.warning("delivery batch failed, deferring %d entries: %s",
@@ -488,8 +488,9 @@ class QueueManager:
         assert self.remote is not None
         started = time.monotonic()
         try:
-            delivery = await asyncio.wait_for(
-                self.remote.deliver(unit.domain, unit.message), ATTEMPT_TIMEOUT)
+            # (A timeout scope, not wait_for: no second task per attempt.)
+            async with asyncio.timeout(ATTEMPT_TIMEOUT):
+                delivery = await self.remote.deliver(unit.domain, unit.message)
             outcomes = self._checked(unit, delivery)
         except asyncio.CancelledError:
             raise
