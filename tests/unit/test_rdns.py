@@ -179,7 +179,10 @@ def test_reverse_dns_task_for_the_session() -> None:
         await task
         got = ReverseDNS.settled(task)
         assert got is not None and got.name == "mail.example.com"
-        task2 = checker.start("192.0.2.1")
+        again = checker.start("192.0.2.1")        # remembered: done at once, no task
+        assert again is not None and again.done() and not isinstance(again, asyncio.Task)
+        assert ReverseDNS.settled(again) == got
+        task2 = checker.start("192.0.2.2")
         assert task2 is not None
         task2.cancel()
         await asyncio.sleep(0)

@@ -222,9 +222,15 @@ class ReverseDNS:
                 self.memo.put(ip, found)
         return found
 
-    def start(self, ip: str) -> asyncio.Task[ReverseName] | None:
+    def start(self, ip: str) -> asyncio.Future[ReverseName] | None:
         """Begin the lookup; None for an address that is not an IP address (a Unix
-        socket, a test transport), which then has no reverse name."""
+        socket, a test transport), which then has no reverse name.  A name the
+        memo holds is a future already done: no task per connection for it."""
+        found = self.memo.get(ip)
+        if found is not None:
+            done: asyncio.Future[ReverseName] = asyncio.get_running_loop().create_future()
+            done.set_result(found)
+            return done
         try:
             _client(ip)
         except ValueError:
@@ -232,7 +238,7 @@ class ReverseDNS:
         return asyncio.ensure_future(self.lookup(ip))
 
     @staticmethod
-    def settled(task: asyncio.Task[ReverseName] | None) -> ReverseName | None:
+    def settled(task: asyncio.Future[ReverseName] | None) -> ReverseName | None:
         """The task's result if it has one now, else None (not done yet, failed by
         a bug, or cancelled): the ``Received:`` line then carries the address only."""
         if task is None or not task.done() or task.cancelled():

@@ -107,12 +107,15 @@ class OriginChecks:
 
     async def judge(self, spf_task: asyncio.Task[SPFResult] | None, message: bytes | None,
                     receiving_domains: Iterable[str], *,
-                    reverse: asyncio.Task[ReverseName] | None = None,
+                    reverse: asyncio.Future[ReverseName] | None = None,
                     helo: asyncio.Task[HeloResult] | None = None) -> Judgement:
         """The checks' verdict for ``message`` (None: too large to read whole)."""
         verdict = Verdict.accept("authentication")
         iprev = await _settled(reverse, CLIENT_WAIT, "iprev")
-        helo_result = await _settled(helo, CLIENT_WAIT, "helo") if self.helo else None
+        helo_result: HeloResult | None = None
+        if self.helo:
+            settled = await _settled(helo, CLIENT_WAIT, "helo")
+            helo_result = settled
         if helo_result is not None:
             assert self.helo is not None
             v = self.helo.verdict(helo_result)
@@ -221,7 +224,7 @@ class OriginChecks:
         return AuthenticationResults.of(self.authserv_id, methods).render()
 
 
-async def _settled(task: asyncio.Task[T] | None, wait: float, what: str) -> T | None:
+async def _settled(task: asyncio.Future[T] | None, wait: float, what: str) -> T | None:
     """The task's result, waited for at most ``wait`` seconds; None if it has none."""
     if task is None or task.cancelled():
         return None

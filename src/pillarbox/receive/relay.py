@@ -23,6 +23,7 @@ says, so do not use them as sub-address separators.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 
@@ -39,7 +40,10 @@ def parse_networks(prefixes: Iterable[str]) -> tuple[Network, ...]:
     return tuple(ipaddress.ip_network(p.strip(), strict=True) for p in prefixes)
 
 
+@functools.lru_cache(maxsize=1024)
 def _address(text: str) -> Address | None:
+    """The address of ``text``, remembered: every connection asks for its
+    client's (``in_networks``), and ``ipaddress`` parses slowly."""
     try:
         addr = ipaddress.ip_address(text.split("%", 1)[0])
     except ValueError:

@@ -217,7 +217,7 @@ class Session:
         self.trusted = in_networks(client_address, ctx.trusted_networks)
         # Begun now, so the lookups run while the client says EHLO, MAIL and RCPT.
         rdns = ctx.reverse_dns
-        self.reverse: asyncio.Task[ReverseName] | None = (
+        self.reverse: asyncio.Future[ReverseName] | None = (
             rdns.start(client_address) if rdns is not None else None)
         self.helo_check: asyncio.Task[HeloResult] | None = None
         self._exchange: Exchange | None = None
