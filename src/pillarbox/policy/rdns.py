@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import ipaddress
 import re
 from collections.abc import Collection, Iterable
@@ -138,8 +139,10 @@ def tcp_info(ip: str, reverse: ReverseName | None) -> str:
     return literal
 
 
+@functools.lru_cache(maxsize=1024)
 def address_literal(ip: str) -> str:
-    """``[192.0.2.1]`` or ``[IPv6:2001:db8::1]`` (RFC 5321 §4.1.3)."""
+    """``[192.0.2.1]`` or ``[IPv6:2001:db8::1]`` (RFC 5321 §4.1.3); remembered, as
+    every message's Received: line asks for its client's."""
     try:
         address = _client(ip)
     except ValueError:

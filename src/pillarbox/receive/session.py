@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
@@ -823,8 +824,13 @@ def _path_text(path: Mailbox | None) -> str:
     return str(path) if path is not None else ""
 
 
+_UNSAFE = re.compile(r"[()\\;]")
+
+
 def _sanitize(text: str) -> str:
     """Keep client-supplied text from breaking the header's structure."""
+    if text.isprintable() and _UNSAFE.search(text) is None:
+        return text[:255]     # the usual case: nothing to replace
     return "".join(c if c.isprintable() and c not in "()\\;" else "?" for c in text)[:255]
 
 

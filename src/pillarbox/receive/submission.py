@@ -35,10 +35,20 @@ class HeaderGate:
         self.add_missing = add_missing
         self.strip = strip                  # drops fields from the header block
         self.message_id = message_id        # "<id@host>"
-        self.senders: list[Mailbox | str] = []   # From: addresses; str for an unparsable one
+        self._from: list[bytes] = []        # the From: fields' values, unfolded
+        self._senders: list[Mailbox | str] | None = None
         self.too_long = False
         self.added: list[str] = []
         self._head: bytearray | None = bytearray()
+
+    @property
+    def senders(self) -> list[Mailbox | str]:
+        """The From: addresses (str for an unparsable one), parsed when first asked
+        for: only signing and the submission sender check want them."""
+        if self._senders is None:
+            self._senders = [_envelope_form(mailbox) for value in self._from
+                             for mailbox in parse_mailbox_list(value)]
+        return self._senders
 
     @property
     def holding(self) -> bool:
@@ -82,9 +92,7 @@ class HeaderGate:
                 head = block + rest
         fields = split_fields(block)
         headers = Headers(fields)
-        for f in headers.get_all("from"):
-            for mailbox in parse_mailbox_list(unfold(f.value)):
-                self.senders.append(_envelope_form(mailbox))
+        self._from = [unfold(f.value) for f in headers.get_all("from")]
         if not self.add_missing:
             return head
         extra = []
