@@ -38,14 +38,6 @@ def answer(store: SQLiteStore, mailbox_id: int, since: int) -> tuple:
     return c.highestmodseq, c.uidnext, c.uidvalidity, c.changed, c.expunged
 
 
-@pytest.fixture()
-def store(tmp_path):
-    s = SQLiteStore(tmp_path / "data").open()
-    s.add_domain("example.test")
-    yield s
-    s.close()
-
-
 def test_answers_match_the_tables_through_random_writes(store, monkeypatch):
     monkeypatch.setattr(changelog, "LOG_ENTRIES", 40)     # restarts happen too
     account = store.add_account("a@example.test", hash_password("pw"))

@@ -6,19 +6,8 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
 from pillarbox.auth.passwords import hash_password
 from pillarbox.store.base import NewMessage
-from pillarbox.store.sqlite.store import SQLiteStore
-
-
-@pytest.fixture()
-def store(tmp_path):
-    s = SQLiteStore(tmp_path / "data").open()
-    s.add_domain("example.test")
-    yield s
-    s.close()
 
 
 def test_nothing_deleted_is_answered_without_a_commit(store):
