@@ -114,8 +114,7 @@ class OriginChecks:
         iprev = await _settled(reverse, CLIENT_WAIT, "iprev")
         helo_result: HeloResult | None = None
         if self.helo:
-            settled = await _settled(helo, CLIENT_WAIT, "helo")
-            helo_result = settled
+            helo_result = await _settled(helo, CLIENT_WAIT, "helo")
         if helo_result is not None:
             assert self.helo is not None
             v = self.helo.verdict(helo_result)

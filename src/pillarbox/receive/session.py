@@ -824,14 +824,15 @@ def _path_text(path: Mailbox | None) -> str:
     return str(path) if path is not None else ""
 
 
-_UNSAFE = re.compile(r"[()\\;]")
+_UNSAFE = "()\\;"     # would end a comment or a clause of the Received: field
+_UNSAFE_RE = re.compile(f"[{re.escape(_UNSAFE)}]")
 
 
 def _sanitize(text: str) -> str:
     """Keep client-supplied text from breaking the header's structure."""
-    if text.isprintable() and _UNSAFE.search(text) is None:
+    if text.isprintable() and _UNSAFE_RE.search(text) is None:
         return text[:255]     # the usual case: nothing to replace
-    return "".join(c if c.isprintable() and c not in "()\\;" else "?" for c in text)[:255]
+    return "".join(c if c.isprintable() and c not in _UNSAFE else "?" for c in text)[:255]
 
 
 _date_cache: tuple[int, str] = (0, "")

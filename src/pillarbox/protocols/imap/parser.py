@@ -29,7 +29,6 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import operator
 import re
 from collections.abc import Callable
 from datetime import datetime
@@ -149,33 +148,16 @@ _MEMO: dict[tuple[bytes, bool], c.Command] = {}
 _MEMO_SIZE = 1024
 _MEMO_LINE = 1024
 _NOT_MEMOIZED = frozenset({"LOGIN", "AUTHENTICATE"})
-_REST: dict[type, Callable[[c.Command], tuple[object, ...]]] = {}
+_FIELDS: dict[type, tuple[str, ...]] = {}    # a command class's fields after the tag
 
 
 def _retag(command: c.Command, tag: str) -> c.Command:
     """``command`` with another tag (its other fields are shared: all immutable)."""
     cls = type(command)
-    rest = _REST.get(cls)
-    if rest is None:
-        names = [f.name for f in dataclasses.fields(cls) if f.name != "tag"]
-        if not names:
-            rest = _no_fields
-        elif len(names) == 1:
-            rest = _one_field(names[0])
-        else:
-            rest = operator.attrgetter(*names)
-        _REST[cls] = rest
-    return cls(tag, *rest(command))
-
-
-def _no_fields(command: c.Command) -> tuple[object, ...]:
-    return ()
-
-
-def _one_field(name: str) -> Callable[[c.Command], tuple[object, ...]]:
-    def get(command: c.Command) -> tuple[object, ...]:
-        return (getattr(command, name),)
-    return get
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = tuple(f.name for f in dataclasses.fields(cls) if f.name != "tag")
+    return cls(tag, *[getattr(command, name) for name in names])
 
 
 # --------------------------------------------------------------- commands

@@ -64,6 +64,9 @@ SYSTEM_FLAGS = {
     f.lower(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")
 }
 
+# The SQL test of a message row's \Deleted flag (``flags`` holds them as text).
+_IS_DELETED = "flags LIKE '%\\Deleted%'"
+
 HIERARCHY = "/"
 _SMALL = 65536          # bodies under this share one segment file per append
 _MAX_NAME = 1000        # octets of a mailbox name, in UTF-8
@@ -268,7 +271,7 @@ class MailStoreMixin:
         row = self.reader.execute(
             "SELECT count(*), coalesce(sum(size), 0),"
             " coalesce(sum(flags NOT LIKE '%\\Seen%'), 0),"
-            " coalesce(sum(flags LIKE '%\\Deleted%'), 0)"
+            f" coalesce(sum({_IS_DELETED}), 0)"
             " FROM messages WHERE mailbox = ?",
             (mailbox_id,),
         ).fetchone()
@@ -1109,7 +1112,7 @@ class MailStoreMixin:
         write transaction, the write lock, a wake-up of the loop).
         """
         if uids is None and self.reader.execute(
-            "SELECT 1 FROM messages WHERE mailbox = ? AND flags LIKE '%\\Deleted%' LIMIT 1",
+            f"SELECT 1 FROM messages WHERE mailbox = ? AND {_IS_DELETED} LIMIT 1",
             (mailbox_id,),
         ).fetchone() is None:
             return []
@@ -1117,7 +1120,7 @@ class MailStoreMixin:
         def job(conn: sqlite3.Connection) -> tuple[list[int], list[str]]:
             if uids is None:
                 chosen = [r[0] for r in conn.execute(
-                    "SELECT uid FROM messages WHERE mailbox = ? AND flags LIKE '%\\Deleted%'"
+                    f"SELECT uid FROM messages WHERE mailbox = ? AND {_IS_DELETED}"
                     " ORDER BY uid",
                     (mailbox_id,),
                 )]
