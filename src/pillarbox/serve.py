@@ -718,6 +718,8 @@ async def _start_mail_access(config: Config, listeners: Listeners, limiters: Lim
         servers.append(BalancedServer(sock, pop3_factory(False), limiters.pop3))
     for sock in listeners.pop3s:
         servers.append(BalancedServer(sock, pop3_factory(True), limiters.pop3, ssl_context=tls))
+    limiters.imap.mark_ready()
+    limiters.pop3.mark_ready()
     return _MailAccess(servers, sessions, hub, authenticator, pop3_sessions)
 
 

@@ -24,8 +24,9 @@ def _owners(port: int) -> collections.Counter[str]:
 
 
 def _wait_for_both_workers(port: int) -> None:
-    """``start()`` waits for one worker's SMTP greeting; the other may not accept
-    on ``port`` yet, and then it rightly gets nothing."""
+    """``start()`` waits for one worker's SMTP greeting; on a busy machine the
+    other may take longer than ``balance.START_WAIT`` to come up, and then it
+    rightly gets nothing of the first burst."""
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         socks = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(6)]
@@ -61,3 +62,4 @@ def test_a_burst_of_sessions_is_shared_by_the_workers(tmp_path: Path, service: s
             time.sleep(0.5)      # the workers count the closed sessions out
     finally:
         server.stop()
+

@@ -16,6 +16,15 @@ limiter already keeps in shared memory (``net/limits.py``), plus the
 connections this worker has accepted and not yet counted (a TLS handshake
 in progress).  A worker that is stuck or dead (its row is zeroed until its
 successor starts) costs the others that short delay, never a connection.
+
+The workers start one after the other, a few hundred milliseconds apart, and
+the listening sockets take connections (the kernel queues them) before any
+worker accepts.  Clients that reconnect at once after a restart used to land
+on whichever worker was up first, all twenty of imaptest's in one of six
+tries, and stayed there.  So a worker starts accepting only once every
+worker has said it is ready (a flag beside the counts), or after
+``START_WAIT`` seconds, whichever comes first: a worker that never comes up
+delays the first connections by that much, once.
 """
 
 from __future__ import annotations
@@ -32,6 +41,8 @@ from pillarbox.net.limits import ConnectionLimiter
 log = logging.getLogger("pillarbox.net")
 
 STEP_BACK = 0.005        # seconds a more loaded worker leaves a connection to the others
+START_WAIT = 2.0         # seconds a started worker waits for the others at most
+_START_POLL = 0.01
 _RESOURCE_PAUSE = 1.0    # out of file descriptors: stop accepting for a while (as asyncio does)
 _ACCEPT_BURST = 16       # connections taken per wake-up at most
 
@@ -53,7 +64,17 @@ class BalancedServer:
         self._closed = False
         self._waiting: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[object]] = set()
-        self._resume(force=False)
+        self._start_by = self._loop.time() + START_WAIT
+        self._await_others()
+
+    def _await_others(self) -> None:
+        self._waiting = None
+        if self._closed:
+            return
+        if self._limiter.all_ready() or self._loop.time() >= self._start_by:
+            self._resume(force=False)
+        else:
+            self._waiting = self._loop.call_later(_START_POLL, self._await_others)
 
     # ------------------------------------------------------------ readiness
 

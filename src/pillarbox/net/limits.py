@@ -7,6 +7,8 @@ memory that the supervisor creates before it forks: one row per worker, slot
 hashed.  Two addresses that share a slot only make the limit stricter for
 both, never looser.  When a worker dies, the supervisor zeroes its row
 before starting its successor, so a crash never leaks connection counts.
+Beside the counts, a flag per worker says that it accepts connections
+(``net/balance.py`` waits for the others at start).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class ConnectionLimiter:
         self.workers = workers
         ctx = multiprocessing.get_context("fork")
         self._counts: Any = ctx.RawArray("i", (SLOTS + 1) * workers)
+        self._ready: Any = ctx.RawArray("b", workers)
         self._lock: Any = ctx.Lock()
         self._row = 0
         self.worker = 0
@@ -40,8 +43,16 @@ class ConnectionLimiter:
         counts = self._counts
         return [counts[r] for r in range(0, (SLOTS + 1) * self.workers, SLOTS + 1)]
 
+    def mark_ready(self) -> None:
+        """This worker accepts connections now."""
+        self._ready[self.worker] = 1
+
+    def all_ready(self) -> bool:
+        return all(self._ready)
+
     def clear(self, worker: int) -> None:
         base = worker * (SLOTS + 1)
+        self._ready[worker] = 0
         with self._lock:
             for i in range(SLOTS + 1):
                 self._counts[base + i] = 0
