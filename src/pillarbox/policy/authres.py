@@ -322,6 +322,8 @@ def remove_ours(header_block: bytes, ours: str) -> bytes:
     CRLF or LF); whatever follows its first empty line (the body, if it was
     passed along) is kept as it is, as are all other fields, byte for byte.
     """
+    if b"authentication-results" not in header_block.lower():
+        return header_block      # the usual case: no such field at all
     out: list[bytes] = []
     pos, n = 0, len(header_block)
     while pos < n:

@@ -35,7 +35,7 @@ class HeaderGate:
         self.add_missing = add_missing
         self.strip = strip                  # drops fields from the header block
         self.message_id = message_id        # "<id@host>"
-        self._from: list[bytes] = []        # the From: fields' values, unfolded
+        self._block = b""                   # the header block as spooled
         self._senders: list[Mailbox | str] | None = None
         self.too_long = False
         self.added: list[str] = []
@@ -46,8 +46,9 @@ class HeaderGate:
         """The From: addresses (str for an unparsable one), parsed when first asked
         for: only signing and the submission sender check want them."""
         if self._senders is None:
-            self._senders = [_envelope_form(mailbox) for value in self._from
-                             for mailbox in parse_mailbox_list(value)]
+            self._senders = [_envelope_form(mailbox)
+                             for field in Headers(split_fields(self._block)).get_all("from")
+                             for mailbox in parse_mailbox_list(unfold(field.value))]
         return self._senders
 
     @property
@@ -90,11 +91,10 @@ class HeaderGate:
             if stripped != block:
                 block = stripped
                 head = block + rest
-        fields = split_fields(block)
-        headers = Headers(fields)
-        self._from = [unfold(f.value) for f in headers.get_all("from")]
+        self._block = block
         if not self.add_missing:
-            return head
+            return head      # (the fields are split only if someone asks for senders)
+        headers = Headers(split_fields(block))
         extra = []
         if "date" not in headers:
             extra.append(f"Date: {format_date(datetime.now().astimezone())}\r\n")
