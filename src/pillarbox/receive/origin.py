@@ -90,9 +90,9 @@ class OriginChecks:
     dmarc: DMARCCheck | None = None
     helo: HeloCheck | None = None
     reports: DMARCRecorder | None = None   # counts for DMARC aggregate reports (pillarbox.reports)
-    #: Judgements of unsigned mail (verdict, header, DMARC result), by everything
-    #: they were made of (see :meth:`judge`; ``policy/memo.py``).
-    memo: Memo[tuple[Verdict, bytes, DMARCResult | None]] = field(
+    #: Judgements of unsigned mail (verdict, header, DMARC result, its row for the
+    #: reports), by everything they were made of (see :meth:`judge`; ``policy/memo.py``).
+    memo: Memo[tuple[Verdict, bytes, DMARCResult | None, str | None]] = field(
         default_factory=lambda: Memo(MEMO_SECONDS), repr=False)
 
     def strip(self, header_block: bytes) -> bytes:
@@ -139,15 +139,15 @@ class OriginChecks:
         # of the same author gets the same result.  So that judgement (and its
         # rendered header) is reused for MEMO_SECONDS, unless something in it
         # was temporary or sampled (pct).  The aggregate-report counts are
-        # still made per message.
+        # still made per message, of the row made with the judgement (a
+        # function of the same results: DMARC's, the client's address, SPF's).
         key = self._memo_key(message, iprev, helo_result, spf, verdict, receiving_domains)
         if key is not None:
             hit = self.memo.get(key)
             if hit is not None:
-                memo_verdict, header, memo_dmarc = hit
-                if self.reports is not None and memo_dmarc is not None:
-                    self.reports.record(memo_dmarc, self.client_ip(spf, iprev), spf, [],
-                                        memo_verdict)
+                memo_verdict, header, memo_dmarc, row = hit
+                if self.reports is not None:
+                    self.reports.count(row)
                 return Judgement(memo_verdict, header, spf, [], memo_dmarc, iprev, helo_result)
         # (Rendered only now: a reused judgement has its header already.)
         methods = _client_methods(iprev, spf)
@@ -177,11 +177,13 @@ class OriginChecks:
             methods.append(dmarc.method_result())
             if v.action is not Action.ACCEPT:
                 verdict = v
+        row = None
         if self.reports is not None and dmarc is not None:
-            self.reports.record(dmarc, self.client_ip(spf, iprev), spf, dkim_results, verdict)
+            row = self.reports.row(dmarc, self.client_ip(spf, iprev), spf, dkim_results, verdict)
+            self.reports.count(row)
         header = self._header(methods)
         if key is not None and _lasting(spf, iprev, dmarc, verdict):
-            self.memo.put(key, (verdict, header, dmarc))
+            self.memo.put(key, (verdict, header, dmarc, row))
         return Judgement(verdict, header, spf, dkim_results, dmarc, iprev, helo_result)
 
     def _memo_key(self, message: bytes | None, iprev: ReverseName | None,

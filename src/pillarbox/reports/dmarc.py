@@ -59,10 +59,26 @@ class DMARCRecorder:
 
     def record(self, dmarc: DMARCResult, ip: str | None, spf: SPFResult | None,
                dkim: Sequence[DKIMResult], verdict: Verdict, when: float | None = None) -> None:
+        self.count(self.row(dmarc, ip, spf, dkim, verdict), when)
+
+    def row(self, dmarc: DMARCResult, ip: str | None, spf: SPFResult | None,
+            dkim: Sequence[DKIMResult], verdict: Verdict) -> str | None:
+        """The row of one evaluation as the spool keeps it (None: nobody asks for it),
+        for :meth:`count`; a judgement that is reused (``receive/origin.py``) makes
+        its row once and counts it per message."""
         try:
             row = row_of(dmarc, ip, spf, dkim, verdict)
-            if row is not None:
-                self.spool.add(row, when=when)
+            return None if row is None else self.spool.key(row)
+        except Exception:  # noqa: BLE001 - a bug in counting must never refuse mail
+            log.exception("recording the DMARC result for the reports failed")
+            return None
+
+    def count(self, row: str | None, when: float | None = None) -> None:
+        """Count one message under ``row`` (from :meth:`row`; None counts nothing)."""
+        if row is None:
+            return
+        try:
+            self.spool.add_key(row, when=when)
         except Exception:  # noqa: BLE001 - a bug in counting must never refuse mail
             log.exception("recording the DMARC result for the reports failed")
 

@@ -86,7 +86,16 @@ class ReportSpool:
 
     def add(self, row: Mapping[str, Any], count: int = 1, when: float | None = None) -> None:
         """Count ``row`` once (or ``count`` times) for the day of ``when`` (now)."""
-        key = (day_of(self.clock() if when is None else when), _key(row))
+        self.add_key(_key(row), count, when)
+
+    @staticmethod
+    def key(row: Mapping[str, Any]) -> str:
+        """``row`` as the spool counts and writes it, for :meth:`add_key`."""
+        return _key(row)
+
+    def add_key(self, row: str, count: int = 1, when: float | None = None) -> None:
+        """:meth:`add` of a row already made into its :meth:`key`."""
+        key = (day_of(self.clock() if when is None else when), row)
         self._counts[key] = self._counts.get(key, 0) + count
         if len(self._counts) >= MAX_KEYS:
             self.flush()
