@@ -59,6 +59,20 @@ def test_the_same_unsigned_mail_is_judged_once(checks: OriginChecks) -> None:
     assert b"dmarc=pass" in first.header and b"spf=pass" in first.header
 
 
+def test_a_remembered_spf_result_is_a_future_already_done(checks: OriginChecks) -> None:
+    async def go():  # type: ignore[no-untyped-def]
+        first = checks.start_spf("192.0.2.1", "a@sender.test", "client.test")
+        assert first is not None and isinstance(first, asyncio.Task)
+        result = await first
+        again = checks.start_spf("192.0.2.1", "a@sender.test", "client.test")
+        assert again is not None and again.done() and not isinstance(again, asyncio.Task)
+        assert again.result() is result
+        other = checks.start_spf("192.0.2.9", "a@sender.test", "client.test")
+        assert isinstance(other, asyncio.Task)
+        await other
+    asyncio.run(go())
+
+
 def test_anything_different_is_judged_again(checks: OriginChecks) -> None:
     judge(checks, "a@sender.test", message("a@sender.test"))
     forged = judge(checks, "a@sender.test", message("a@sender.test"), ip="198.51.100.9")

@@ -361,3 +361,13 @@ def test_dnsmasq_helo(dnsmasq: DNSServer) -> None:
 
     assert asyncio.run(run()) == [HeloOutcome.OK, HeloOutcome.NXDOMAIN,
                                   HeloOutcome.NO_ADDRESS]
+
+
+def test_a_remembered_helo_outcome_is_known_without_asking_again() -> None:
+    r = zone()
+    check = HeloCheck(r, "mx.ours.example")
+    assert check.remembered("192.0.2.1", "mail.example.com", local_addresses=()) is None
+    first = asyncio.run(check.evaluate("192.0.2.1", "mail.example.com", local_addresses=[]))
+    assert check.remembered("192.0.2.1", "mail.example.com", local_addresses=()) is first
+    assert check.remembered("192.0.2.1", "mail.example.com",
+                            local_addresses=("203.0.113.5",)) is None

@@ -354,6 +354,11 @@ class HeloCheck:
                 raise ValueError(f"our address {a!r} is not an IP address") from None
         object.__setattr__(self, "_ours", frozenset(ours))  # frozen: set once, here
 
+    def remembered(self, ip: str, helo: str, *,
+                   local_addresses: tuple[str, ...] = ()) -> HeloResult | None:
+        """The outcome :meth:`evaluate` would give from its memo now, if it holds one."""
+        return self.memo.get((ip, helo, local_addresses))
+
     async def evaluate(self, ip: str, helo: str, *,
                        local_addresses: Iterable[str] = ()) -> HeloResult:
         """What ``helo`` (from the client at ``ip``) is; never raises for the

@@ -666,6 +666,10 @@ class SPFCheck:
             raise ValueError(f"spf permerror action must be tag, reject or accept, "
                              f"not {self.permerror.value}")
 
+    def remembered(self, ip: str | IPAddress, mail_from: str, helo: str) -> SPFResult | None:
+        """The result :meth:`evaluate` would give from its memo now, if it holds one."""
+        return self.memo.get((str(ip), mail_from, helo))
+
     async def evaluate(self, ip: str | IPAddress, mail_from: str, helo: str) -> SPFResult:
         key = (str(ip), mail_from, helo)
         found = self.memo.get(key)

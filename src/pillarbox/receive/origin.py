@@ -99,16 +99,31 @@ class OriginChecks:
         """The header block without fields claiming our authserv-id (RFC 8601 §5)."""
         return remove_ours(header_block, self.authserv_id)
 
-    def start_spf(self, ip: str, mail_from: str, helo: str) -> asyncio.Task[SPFResult] | None:
-        """Begin SPF at MAIL FROM; the task is awaited at the end of DATA."""
+    def start_spf(self, ip: str, mail_from: str, helo: str) -> asyncio.Future[SPFResult] | None:
+        """Begin SPF at MAIL FROM; the future is awaited at the end of DATA.  A result
+        the memo holds is a future already done: no task per message for it."""
         if self.spf is None:
             return None
+        found = self.spf.remembered(ip, mail_from, helo)
+        if found is not None:
+            return done(found)
         return asyncio.ensure_future(self.spf.evaluate(ip, mail_from, helo))
 
-    async def judge(self, spf_task: asyncio.Task[SPFResult] | None, message: bytes | None,
+    def start_helo(self, ip: str, helo: str, local_addresses: tuple[str, ...]
+                   ) -> asyncio.Future[HeloResult] | None:
+        """Begin the HELO check at EHLO/HELO, as :meth:`start_spf` does SPF."""
+        if self.helo is None:
+            return None
+        found = self.helo.remembered(ip, helo, local_addresses=local_addresses)
+        if found is not None:
+            return done(found)
+        return asyncio.ensure_future(self.helo.evaluate(ip, helo,
+                                                        local_addresses=local_addresses))
+
+    async def judge(self, spf_task: asyncio.Future[SPFResult] | None, message: bytes | None,
                     receiving_domains: Iterable[str], *,
                     reverse: asyncio.Future[ReverseName] | None = None,
-                    helo: asyncio.Task[HeloResult] | None = None) -> Judgement:
+                    helo: asyncio.Future[HeloResult] | None = None) -> Judgement:
         """The checks' verdict for ``message`` (None: too large to read whole)."""
         verdict = Verdict.accept("authentication")
         iprev = await _settled(reverse, CLIENT_WAIT, "iprev")
@@ -206,7 +221,7 @@ class OriginChecks:
             return spf.ip
         return iprev.ip if iprev is not None else None
 
-    async def _spf_result(self, task: asyncio.Task[SPFResult] | None) -> SPFResult | None:
+    async def _spf_result(self, task: asyncio.Future[SPFResult] | None) -> SPFResult | None:
         if task is None:
             return None
         try:
@@ -223,6 +238,13 @@ class OriginChecks:
 
     def _header(self, methods: list[MethodResult]) -> bytes:
         return AuthenticationResults.of(self.authserv_id, methods).render()
+
+
+def done(result: T) -> asyncio.Future[T]:
+    """A future that already has ``result``."""
+    future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+    future.set_result(result)
+    return future
 
 
 async def _settled(task: asyncio.Future[T] | None, wait: float, what: str) -> T | None:

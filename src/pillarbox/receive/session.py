@@ -183,7 +183,7 @@ class Transaction:
     queue_id: str = ""
     writer: BlobWriter | None = None
     header: HeaderGate | None = None      # held for the From: check and RFC 6409 8
-    spf: asyncio.Task[SPFResult] | None = None   # begun at MAIL FROM (receive/origin.py)
+    spf: asyncio.Future[SPFResult] | None = None   # begun at MAIL FROM (receive/origin.py)
     received_length: int = 0              # our Received: line, first in the spool
     received_late: bool = False           # ... written at the end of DATA (reverse name)
     signed: str = ""                      # selectors of our DKIM signatures, for the log
@@ -220,7 +220,7 @@ class Session:
         rdns = ctx.reverse_dns
         self.reverse: asyncio.Future[ReverseName] | None = (
             rdns.start(client_address) if rdns is not None else None)
-        self.helo_check: asyncio.Task[HeloResult] | None = None
+        self.helo_check: asyncio.Future[HeloResult] | None = None
         self._exchange: Exchange | None = None
         self._success: AuthResult | None = None       # SCRAM's v= sent, its empty answer due
         self.set_auth_policy()
@@ -340,9 +340,9 @@ class Session:
             self.helo_check.cancel()
             self.helo_check = None
         origin = self.ctx.origin
-        if origin is not None and origin.helo is not None and not self.trusted:
-            self.helo_check = asyncio.ensure_future(origin.helo.evaluate(
-                self.client_address, event.domain, local_addresses=self.local_addresses))
+        if origin is not None and not self.trusted:
+            self.helo_check = origin.start_helo(self.client_address, event.domain,
+                                                self.local_addresses)
 
     def mail_from(self, event: ev.MailFrom) -> Reply:
         if not self.ctx.spool_has_room():
