@@ -74,7 +74,24 @@ def start_dns(work: Path, foreground: bool = True) -> tuple[subprocess.Popen[byt
     """dnsmasq on a free loopback port with :data:`DNS_RECORDS` and nothing else
     (no upstream: a name it does not know is refused, never forwarded); returns
     the process (None when ``foreground`` is false and it went to the background,
-    its pid in ``work/dnsmasq.pid``) and the port, once it answers."""
+    its pid in ``work/dnsmasq.pid``) and the port, once it answers.
+
+    The port is free for UDP when picked; dnsmasq binds TCP on it too, and
+    exits 2 when that is taken (seen once in a few hundred starts): then
+    another port, a few times."""
+    for _ in range(4):
+        try:
+            return _start_dns(work, foreground)
+        except _PortTaken:
+            continue
+    return _start_dns(work, foreground)
+
+
+class _PortTaken(SystemExit):
+    pass
+
+
+def _start_dns(work: Path, foreground: bool) -> tuple[subprocess.Popen[bytes] | None, int]:
     binary = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
     if not Path(binary).exists():
         raise SystemExit("dnsmasq is not installed (Debian: dnsmasq-base)")
@@ -92,13 +109,13 @@ def start_dns(work: Path, foreground: bool = True) -> tuple[subprocess.Popen[byt
         atexit.register(proc.kill)
     else:
         if proc.wait() != 0:
-            raise SystemExit(f"dnsmasq exited {proc.returncode}; see {work / 'dnsmasq.log'}")
+            _exited(proc.returncode, work)
         proc = None
     deadline = time.monotonic() + 20
     query = _txt_query("loadgen.test")
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise SystemExit(f"dnsmasq exited {proc.returncode}; see {work / 'dnsmasq.log'}")
+            _exited(proc.returncode, work)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.settimeout(0.5)
             try:
@@ -110,6 +127,13 @@ def start_dns(work: Path, foreground: bool = True) -> tuple[subprocess.Popen[byt
     if proc is not None:
         proc.kill()
     raise SystemExit("dnsmasq did not answer in 20 s")
+
+
+def _exited(code: int, work: Path) -> None:
+    message = f"dnsmasq exited {code}; see {work / 'dnsmasq.log'}"
+    if code == 2:                  # dnsmasq: "network error", the address is in use
+        raise _PortTaken(message)
+    raise SystemExit(message)
 
 
 def free_udp_port() -> int:
