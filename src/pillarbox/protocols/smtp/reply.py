@@ -55,8 +55,11 @@ class Reply(ReplyClass):
 
     def render(self) -> bytes:
         """Render as wire bytes: ``code-`` continuation lines, ``code SP`` last line."""
-        lines = self.lines or ("",)
+        text = self.text
         prefix = f"{self.status} " if self.status else ""
+        if isinstance(text, str):     # the usual case: one line
+            return f"{self.code} {prefix}{text}\r\n".encode("utf-8", "replace")
+        lines = text or ("",)
         out = []
         last = len(lines) - 1
         for i, line in enumerate(lines):
