@@ -60,3 +60,40 @@ def test_warnings_are_written_at_once_and_lines_stay_whole(tmp_path):
         for handler in root.handlers:
             handler.close()
         root.handlers[:], root.level, root.propagate = saved
+
+
+def test_a_line_written_without_a_record_is_the_same_line(tmp_path):
+    """log_event skips the LogRecord when our handler alone gets the line; a
+    filter on the logger forces the usual path, which must write the same."""
+    root = logging.getLogger("pillarbox")
+    saved = (root.handlers[:], root.level, root.propagate)
+    log = logging.getLogger("pillarbox.smtp")
+    fields = dict(queue_id="ABC", client="192.0.2.1", from_="<a b@x>", to="q\"uote=d",
+                  size=12, account=None, ms=0.4, empty="", tls=("TLSv1.3", "X", 256))
+    try:
+        for fmt in ("text", "json"):
+            path = tmp_path / fmt
+            setup_logging(fmt, "info", path)
+            log_event(log, "queued", **fields)
+            log.addFilter(lambda record: True)
+            try:
+                log_event(log, "queued", **fields)
+            finally:
+                log.filters.clear()
+            for handler in root.handlers:
+                handler.flush()
+            fast, usual = path.read_text().splitlines()
+            if fmt == "json":
+                fast_obj, usual_obj = json.loads(fast), json.loads(usual)
+                assert fast_obj.pop("ts").endswith("Z") and usual_obj.pop("ts").endswith("Z")
+                assert fast_obj == usual_obj and "account" not in fast_obj
+                assert fast_obj["from"] == "<a b@x>"
+            else:
+                assert fast.split(" ", 1)[1] == usual.split(" ", 1)[1]
+                assert fast.split(" ", 1)[1] == (
+                    'info smtp queued queue_id=ABC client=192.0.2.1 from="<a b@x>" '
+                    'to="q\\"uote=d" size=12 ms=0.4 empty="" tls="(\'TLSv1.3\', \'X\', 256)"')
+    finally:
+        for handler in root.handlers:
+            handler.close()
+        root.handlers[:], root.level, root.propagate = saved
