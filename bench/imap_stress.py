@@ -174,6 +174,10 @@ def main() -> int:
             for run in range(args.r):
                 for name, port, user in (("dovecot", dport, "bench"),
                                          ("pillarbox", pport, "bench@localhost")):
+                    # Each run starts on a quiet disk: the previous server's dirty
+                    # pages written back first, not under the next one's fsyncs.
+                    os.sync()
+                    time.sleep(2)
                     rate, errors, out = imaptest(binary, port, user, mbox, args.secs, extra)
                     (work / f"{name}-{mix}-{run}.out").write_text(out)
                     results.setdefault(f"{name}_{mix}", []).append(rate)
