@@ -4,7 +4,9 @@ ready, or after START_WAIT when one never comes up."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -29,10 +31,6 @@ def _listener() -> socket.socket:
     return sock
 
 
-def _connect(port: int, n: int) -> list[socket.socket]:
-    return [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
-
-
 def _as_worker(limiter: ConnectionLimiter, worker: int) -> None:
     mine = limiter.worker
     limiter.bind(worker)
@@ -40,62 +38,55 @@ def _as_worker(limiter: ConnectionLimiter, worker: int) -> None:
     limiter.bind(mine)
 
 
-def test_waits_for_the_other_worker_before_accepting() -> None:
-    asyncio.run(_waits_for_the_other_worker())
-
-
-async def _waits_for_the_other_worker() -> None:
+@contextlib.asynccontextmanager
+async def _worker_zero(clients: int) -> AsyncIterator[ConnectionLimiter]:
+    """Worker 0 of two, ready, with ``clients`` connections waiting to be accepted."""
     _Counting.made = []
     limiter = ConnectionLimiter(100, 100, workers=2)
     limiter.bind(0)
     sock = _listener()
     server = BalancedServer(sock, _Counting, limiter)
     limiter.mark_ready()
-    socks = _connect(sock.getsockname()[1], 4)
+    socks = [socket.create_connection(sock.getsockname()[:2]) for _ in range(clients)]
     try:
-        await asyncio.sleep(0.2)
-        assert _Counting.made == []          # worker 1 is not up: its share waits
-        _as_worker(limiter, 1)
-        for _ in range(100):
-            if len(_Counting.made) == 4:
-                break
-            await asyncio.sleep(0.02)
-        assert len(_Counting.made) == 4      # nobody else took them: after stepping back
+        yield limiter
     finally:
         server.close()
         sock.close()
         for s in socks:
             s.close()
+
+
+async def _accepted(n: int, within: float) -> int:
+    for _ in range(int(within / 0.01)):
+        if len(_Counting.made) >= n:
+            break
+        await asyncio.sleep(0.01)
+    return len(_Counting.made)
+
+
+def test_waits_for_the_other_worker_before_accepting() -> None:
+    async def scenario() -> None:
+        async with _worker_zero(4) as limiter:
+            await asyncio.sleep(0.2)
+            assert _Counting.made == []          # worker 1 is not up: its share waits
+            _as_worker(limiter, 1)
+            assert await _accepted(4, 2.0) == 4  # nobody else took them: after stepping back
+
+    asyncio.run(scenario())
 
 
 def test_a_worker_that_never_comes_up_delays_only_the_start(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(balance, "START_WAIT", 0.3)
-    asyncio.run(_never_comes_up())
 
+    async def scenario() -> None:
+        started = asyncio.get_running_loop().time()
+        async with _worker_zero(2):
+            assert await _accepted(2, 2.0) == 2
+            assert asyncio.get_running_loop().time() - started >= 0.3
 
-async def _never_comes_up() -> None:
-    _Counting.made = []
-    limiter = ConnectionLimiter(100, 100, workers=2)
-    limiter.bind(0)
-    sock = _listener()
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    server = BalancedServer(sock, _Counting, limiter)
-    limiter.mark_ready()
-    socks = _connect(sock.getsockname()[1], 2)
-    try:
-        for _ in range(200):
-            if len(_Counting.made) == 2:
-                break
-            await asyncio.sleep(0.01)
-        assert len(_Counting.made) == 2
-        assert loop.time() - started >= 0.3
-    finally:
-        server.close()
-        sock.close()
-        for s in socks:
-            s.close()
+    asyncio.run(scenario())
 
 
 def test_a_cleared_worker_is_not_ready() -> None:

@@ -124,6 +124,18 @@ def _reply_text(text: str) -> str:
     return _NOT_ASCII.sub("?", text)
 
 
+# The comments of ``Received-SPF:`` by result (RFC 7208 §9.1's examples).
+_COMMENTS = {
+    Result.PASS: "domain of {who} designates {ip} as permitted sender",
+    Result.FAIL: "domain of {who} does not designate {ip} as permitted sender",
+    Result.SOFTFAIL: "domain of transitioning {who} does not designate {ip} as permitted sender",
+    Result.NEUTRAL: "{ip} is neither permitted nor denied by domain of {who}",
+    Result.NONE: "domain of {who} does not designate permitted sender hosts",
+    Result.TEMPERROR: "error in processing during lookup of {who}: {reason}",
+    Result.PERMERROR: "permanent error in processing domain of {who}: {reason}",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class SPFResult:
     """The outcome of one check_host(): ``result``; ``domain`` checked (A-labels);
@@ -145,22 +157,9 @@ class SPFResult:
     def comment(self, receiver: str = "") -> str:
         """The comment of ``Received-SPF:`` (RFC 7208 §9.1), e.g. ``mx.example.org:
         domain of a@example.com designates 192.0.2.1 as permitted sender``."""
-        who, ip, result = self.sender or self.domain, self.ip, self.result
         # (Only the one text is made: this runs for every message's verdict.)
-        if result is Result.PASS:
-            text = f"domain of {who} designates {ip} as permitted sender"
-        elif result is Result.FAIL:
-            text = f"domain of {who} does not designate {ip} as permitted sender"
-        elif result is Result.SOFTFAIL:
-            text = f"domain of transitioning {who} does not designate {ip} as permitted sender"
-        elif result is Result.NEUTRAL:
-            text = f"{ip} is neither permitted nor denied by domain of {who}"
-        elif result is Result.NONE:
-            text = f"domain of {who} does not designate permitted sender hosts"
-        elif result is Result.TEMPERROR:
-            text = f"error in processing during lookup of {who}: {self.reason}"
-        else:
-            text = f"permanent error in processing domain of {who}: {self.reason}"
+        text = _COMMENTS[self.result].format(who=self.sender or self.domain, ip=self.ip,
+                                             reason=self.reason)
         if self.result is Result.NONE and self.reason:
             text += f" ({self.reason})"
         return _safe(f"{receiver}: {text}" if receiver else text)
