@@ -424,9 +424,23 @@ class PolicyCache:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, timeout=10, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("CREATE TABLE IF NOT EXISTS policy (domain TEXT PRIMARY KEY, "
-                             "id TEXT NOT NULL, fetched REAL NOT NULL, text TEXT NOT NULL)")
+            # Every delivery agent opens the file as it starts, at the same
+            # moment: turning a new file to WAL can answer "database is
+            # locked" at once, without waiting for the busy timeout.
+            for attempt in range(50):
+                try:
+                    self._db.execute("PRAGMA journal_mode=WAL")
+                    self._db.execute("CREATE TABLE IF NOT EXISTS policy (domain TEXT PRIMARY KEY,"
+                                     " id TEXT NOT NULL, fetched REAL NOT NULL, text TEXT NOT NULL)")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if attempt == 49 or "locked" not in str(exc):
+                        log.warning("MTA-STS policy cache %s not usable, memory only: %s",
+                                    path, exc)
+                        self._db.close()
+                        self._db = None
+                        break
+                    time.sleep(0.02 * (attempt + 1))
 
     def get(self, domain: str) -> CachedPolicy | None:
         domain = domain.lower().rstrip(".")
