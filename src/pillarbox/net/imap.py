@@ -28,6 +28,7 @@ from pillarbox.protocols.imap.server import NEED_DATA, PAUSED, IMAPServerConnect
 log = logging.getLogger("pillarbox.imap")
 
 _HIGH_WATER = 1 << 20     # stop reading while this much input waits unparsed
+_TURN = 0.02              # seconds of pipelined commands before other sessions get the loop
 
 
 @dataclass(slots=True)
@@ -218,7 +219,9 @@ class IMAPProtocol(asyncio.Protocol):
     async def _run(self) -> None:
         core, session = self.core, self.session
         assert core is not None and session is not None
+        loop = self._loop
         try:
+            turn_end = loop.time() + _TURN
             while not self._closing:
                 event = core.next_event()
                 if event is NEED_DATA or event is PAUSED:
@@ -231,9 +234,21 @@ class IMAPProtocol(asyncio.Protocol):
                         self.transport.resume_reading()
                     self._input.clear()
                     await self._input.wait()
+                    turn_end = loop.time() + _TURN
                     continue
                 await session.handle(cast(Any, event))
                 self.flush()
+                if not self._writable.is_set():
+                    # The client does not read its answers: take no further
+                    # command (so input stops being read past _HIGH_WATER)
+                    # until it does, or answers pile up here without bound.
+                    await self._writable.wait()
+                    turn_end = loop.time() + _TURN
+                elif loop.time() >= turn_end:
+                    # Commands answered from memory never wait: a client that
+                    # pipelines thousands must not hold the worker's loop.
+                    await asyncio.sleep(0)
+                    turn_end = loop.time() + _TURN
         except asyncio.CancelledError:
             pass
         except Exception:  # noqa: BLE001 - a bug in one session must not take the worker

@@ -7,8 +7,9 @@ replies, and owns what only the network side can do: STLS
 ``ssl``), the idle time-out (RFC 1939 3), back-pressure and connection limits.
 
 A message is written in pieces of ``_CHUNK`` octets, and no further piece
-while the transport asks us to pause (``pause_writing``), so a slow client
-never makes the worker buffer a whole large message twice.
+nor command while the transport asks us to pause (``pause_writing``), so a
+slow client never makes the worker buffer a whole large message twice, nor
+the replies to commands it pipelines without reading them.
 """
 
 from __future__ import annotations
@@ -206,7 +207,11 @@ class POP3Protocol(asyncio.Protocol):
         self._arm_timer()
 
     def _flush(self) -> bool:
-        """Write what the core has; False while a message waits for the client to read."""
+        """Write what the core has; False while the client does not read it.
+
+        Then no further command is taken either: replies to pipelined commands
+        (LIST, CAPA ...) would otherwise pile up here without bound.
+        """
         core, transport = self.core, self.transport
         assert core is not None and transport is not None
         while True:
@@ -216,7 +221,7 @@ class POP3Protocol(asyncio.Protocol):
             if out:
                 transport.write(out)
             if not core.sending:
-                return True
+                return not self._write_paused
 
     def _start_busy(self, work: Coroutine[Any, Any, None]) -> None:
         self._busy = True

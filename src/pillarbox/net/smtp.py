@@ -25,6 +25,7 @@ from pillarbox.receive.session import ReceiverContext, Session
 log = logging.getLogger("pillarbox.smtp")
 
 _HIGH_WATER = 1 << 20  # stop reading when this much input waits unprocessed
+_BATCH = 128           # pipelined commands answered before the replies are written
 
 
 @dataclass(slots=True)
@@ -57,6 +58,7 @@ class SMTPProtocol(asyncio.Protocol):
         self._counted = False
         self._busy = False          # waiting for the store or for TLS
         self._paused = False
+        self._write_paused = False  # the client does not read its replies
         self._timer: asyncio.TimerHandle | None = None
         self._last = 0.0
         self._loop = asyncio.get_running_loop()
@@ -126,21 +128,43 @@ class SMTPProtocol(asyncio.Protocol):
             self._early.append(data)
             return
         core.receive_data(data)
-        if not self._busy:
+        if not self._busy and not self._write_paused:
             self._pump()
-        elif core.buffered > _HIGH_WATER and not self._paused and self.transport:
+        if core.buffered > _HIGH_WATER and not self._paused and self.transport:
             self.transport.pause_reading()
             self._paused = True
 
     def eof_received(self) -> bool | None:
         return None  # close
 
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._last = self._loop.time()   # the client is reading: not idle
+        if not self._busy and self.core is not None and self.transport is not None \
+                and not self.transport.is_closing():
+            self._pump()
+
     # -------------------------------------------------------------- pumping
 
     def _pump(self) -> None:
         core, session, transport = self.core, self.session, self.transport
         assert core is not None and session is not None and transport is not None
+        n = 0
         while True:
+            n += 1
+            if n > _BATCH:
+                # A client pipelining thousands of commands: write what it has
+                # so far, and take no more while it does not read (the input
+                # then waits in the core, and reading stops at _HIGH_WATER).
+                n = 0
+                out = core.data_to_send()
+                if out:
+                    transport.write(out)
+                if self._write_paused:
+                    break
             event = core.next_event()
             if session.answer_now(event):
                 continue
@@ -172,6 +196,9 @@ class SMTPProtocol(asyncio.Protocol):
         out = core.data_to_send()
         if out:
             transport.write(out)
+        if self._paused and not self._write_paused and core.buffered <= _HIGH_WATER:
+            transport.resume_reading()
+            self._paused = False
         self._arm_timer(self.cfg.data_timeout if core.in_data else self.cfg.command_timeout)
 
     def _start_busy(self, coro) -> None:  # type: ignore[no-untyped-def]
