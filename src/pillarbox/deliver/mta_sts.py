@@ -71,6 +71,7 @@ __all__ = ["MAX_AGE_LIMIT", "MTASTS", "WELL_KNOWN", "CachedPolicy", "FetchError"
            "select_txt_id", "tls_refused"]
 
 log = logging.getLogger("pillarbox.mta_sts")
+_OPEN_TRIES = 10   # the cache file at start: about 1 s of waiting in all, at most
 
 MAX_AGE_LIMIT = 31557600         # §3.2: max_age is at most a year
 MAX_POLICY_SIZE = 65536          # §3.3: "64 kilobytes" is a reasonable limit
@@ -427,14 +428,14 @@ class PolicyCache:
             # Every delivery agent opens the file as it starts, at the same
             # moment: turning a new file to WAL can answer "database is
             # locked" at once, without waiting for the busy timeout.
-            for attempt in range(50):
+            for attempt in range(_OPEN_TRIES):
                 try:
                     self._db.execute("PRAGMA journal_mode=WAL")
                     self._db.execute("CREATE TABLE IF NOT EXISTS policy (domain TEXT PRIMARY KEY,"
                                      " id TEXT NOT NULL, fetched REAL NOT NULL, text TEXT NOT NULL)")
                     break
                 except sqlite3.OperationalError as exc:
-                    if attempt == 49 or "locked" not in str(exc):
+                    if attempt == _OPEN_TRIES - 1 or "locked" not in str(exc):
                         log.warning("MTA-STS policy cache %s not usable, memory only: %s",
                                     path, exc)
                         self._db.close()
