@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import getpass
 import os
 import sqlite3
@@ -142,18 +143,59 @@ def _config_path(given: Path | None) -> Path | None:
 
 
 @contextlib.contextmanager
-def _open_store(args: argparse.Namespace) -> Iterator[SQLiteStore]:
+def _open_store(args: argparse.Namespace, *, create: bool = False) -> Iterator[SQLiteStore]:
+    """The store of the configured data directory, made first if ``create``.
+
+    Only ``domain add``, the first step of a new installation, creates one:
+    any other command pointed at the wrong place (a mistyped data_dir, or
+    run from another folder) would otherwise make an empty data directory
+    there and answer "no accounts" as if that were the truth.
+    """
     config, _ = resolve_config(args)
     data_dir = config.server.data_dir
+    store = SQLiteStore(data_dir)
     try:
-        store = SQLiteStore(data_dir).open()
+        if data_dir.exists() and not data_dir.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory")
+        if not create and not store.db_path.is_file():
+            missing = ("it holds no Pillarbox database" if data_dir.is_dir()
+                       else "no such directory")
+            raise AdminError(
+                f"cannot open the data directory {data_dir} (server.data_dir): {missing}; "
+                f"name the server's configuration with -c FILE, or start anew with "
+                f"'pillarbox domain add'"
+            )
+        store.open()
     except (OSError, sqlite3.Error) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise AdminError(f"cannot open the data directory {data_dir}: {reason}") from e
+        raise AdminError(
+            f"cannot open the data directory {data_dir}: {reason}{_owner_hint(data_dir)}"
+        ) from e
     try:
         yield store
     finally:
         store.close()
+
+
+def _owner_hint(data_dir: Path) -> str:
+    """Why a directory may refuse us: it belongs to another user (the server's,
+    ``server.user``), and the command was run as someone else."""
+    import pwd
+
+    try:
+        owner = data_dir.stat().st_uid
+    except OSError:
+        return ""
+    if owner == os.geteuid():
+        return ""
+
+    def name(uid: int) -> str:
+        try:
+            return pwd.getpwuid(uid).pw_name
+        except KeyError:
+            return f"uid {uid}"
+
+    return f" (it belongs to {name(owner)}; this command runs as {name(os.geteuid())})"
 
 
 def _override(text: str) -> tuple[str, str]:
@@ -253,7 +295,7 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_domain_add(args: argparse.Namespace) -> int:
-    with _open_store(args) as store:
+    with _open_store(args, create=True) as store:
         domain = commands.add_domain(store, args.name)
     print(f"added domain {_with_unicode(domain)}")
     return 0

@@ -549,8 +549,8 @@ def test_queue_list(queued: tuple[Pbx, list[str]]) -> None:
     assert lines[-1] == "2 entries: 1 active, 1 deferred"
 
 
-def test_queue_list_empty(pbx: Pbx) -> None:
-    assert pbx.ok("queue", "list") == "queue is empty\n"
+def test_queue_list_empty(example: Pbx) -> None:
+    assert example.ok("queue", "list") == "queue is empty\n"
 
 
 def test_queue_show(queued: tuple[Pbx, list[str]]) -> None:
@@ -612,6 +612,31 @@ def test_unusable_data_directory(pbx: Pbx) -> None:
     (pbx.folder / "a-file").write_text("", encoding="utf-8")
     err = pbx.fails("-o", "server.data_dir=a-file", "domain", "list")
     assert "cannot open the data directory" in err and "a-file" in err
+    assert "not a directory" in err
+    err = pbx.fails("-o", "server.data_dir=a-file", "domain", "add", "x.example")
+    assert "not a directory" in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["domain", "list"], ["user", "list"], ["alias", "list"], ["queue", "list"],
+    ["queue", "show", "ABC"], ["mailbox", "list", "a@example.com"], ["dkim", "list"],
+    ["user", "add", "a@example.com"], ["mailbox", "import", "a@example.com", "."],
+])
+def test_a_missing_data_directory_is_an_error_not_an_empty_one(pbx: Pbx, argv: list[str]) -> None:
+    """A mistyped data_dir (or the CLI run from the wrong folder) must not be
+    answered "no accounts" from an empty data directory made on the spot."""
+    err = pbx.fails("-o", "server.data_dir=mistyped", *argv, stdin="pw\n")
+    assert "mistyped" in err and "no such directory" in err and "-c FILE" in err
+    assert not (pbx.folder / "mistyped").exists()
+    (pbx.folder / "empty").mkdir()
+    err = pbx.fails("-o", "server.data_dir=empty", *argv, stdin="pw\n")
+    assert "holds no Pillarbox database" in err
+    assert list((pbx.folder / "empty").iterdir()) == []
+
+
+def test_domain_add_starts_a_new_data_directory(pbx: Pbx) -> None:
+    pbx.ok("-o", "server.data_dir=new/data", "domain", "add", "example.com")
+    assert pbx.ok("-o", "server.data_dir=new/data", "domain", "list").startswith("DOMAIN")
 
 
 def test_python_dash_m_pillarbox(pbx: Pbx) -> None:

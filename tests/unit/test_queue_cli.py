@@ -189,6 +189,7 @@ def test_shape_counts_messages_by_domain_and_age(queued: Pbx) -> None:
 
 
 def test_shape_and_list_of_an_empty_queue(pbx: Pbx) -> None:  # noqa: F811
+    pbx.ok("domain", "add", "example.com")   # a data directory, with nothing queued
     assert pbx.ok("queue", "list") == "queue is empty\n"
     out = pbx.ok("queue", "shape").splitlines()
     assert out[2].split() == ["TOTAL", "0"] + ["0"] * 10
