@@ -180,22 +180,26 @@ def serve(config: Config, *, dev_mode: bool = False) -> int:
     except _Stop:
         pass
     while not stopping:
+        # The signal may come at any point of a turn, the pause before a
+        # restart included: always on to stopping the children, never out
+        # of serve() with them still running and holding the lock.
         try:
             pid, status = os.waitpid(-1, 0)
+            for child in children:
+                if child.pid == pid and not stopping:
+                    code = os.waitstatus_to_exitcode(status)
+                    log_event(log, "child exited", role=child.role, index=child.index,
+                              pid=pid, code=code, level=logging.ERROR)
+                    child.pid = 0
+                    if time.monotonic() - child.started < 5:
+                        time.sleep(1)
+                    if child.role == "worker":
+                        limiters.clear(child.index)
+                    _start(child, config, listeners, limiters)
         except _Stop:
             break
         except ChildProcessError:
             break
-        for child in children:
-            if child.pid == pid and not stopping:
-                code = os.waitstatus_to_exitcode(status)
-                log_event(log, "child exited", role=child.role, index=child.index, pid=pid,
-                          code=code, level=logging.ERROR)
-                if time.monotonic() - child.started < 5:
-                    time.sleep(1)
-                if child.role == "worker":
-                    limiters.clear(child.index)
-                _start(child, config, listeners, limiters)
     for child in children:
         if child.pid:
             try:
@@ -283,12 +287,23 @@ class Limiters:
             limiter.clear(worker)
 
 
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
 def _start(child: Child, config: Config, listeners: Listeners,
            limiters: Limiters) -> None:
-    pid = os.fork()
+    # The supervisor's handler raises: held off from the fork until the
+    # child's PID is noted, or a child could run on that nobody stops.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        pid = os.fork()
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        raise
     if pid:
         child.pid = pid
         child.started = time.monotonic()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         # run/<role>-<index>.pid: which process is which, for people and tests.
         pid_file = config.server.data_dir / "run" / f"{child.role}-{child.index}.pid"
         try:
@@ -301,6 +316,7 @@ def _start(child: Child, config: Config, listeners: Listeners,
     try:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         if child.role == "queue":
             for sock in listeners.all():
                 sock.close()
