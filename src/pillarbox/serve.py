@@ -23,6 +23,7 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import string
 import sys
 import time
@@ -110,13 +111,20 @@ def ensure_dev_defaults(store: SQLiteStore) -> str:
         return "(unknown: set one with 'pillarbox user passwd demo@localhost')"
 
 
-def tls_context(config: Config):  # type: ignore[no-untyped-def]
-    from pillarbox.net.tls import ensure_self_signed, server_context
+def tls_context(config: Config) -> ssl.SSLContext:
+    """The certificate the listeners present, or leave naming the file that is wrong."""
+    from pillarbox.net.tls import TLSFileError, ensure_self_signed, server_context
 
     if config.tls.certificate and config.tls.private_key:
-        return server_context(config.tls.certificate, config.tls.private_key)
-    cert, key = ensure_self_signed(config.server.data_dir / "tls", config.server.hostname)
-    return server_context(cert, key)
+        cert, key = config.tls.certificate, config.tls.private_key
+        keys = {"certificate": "tls.certificate: ", "private_key": "tls.private_key: "}
+    else:
+        cert, key = ensure_self_signed(config.server.data_dir / "tls", config.server.hostname)
+        keys = {}
+    try:
+        return server_context(cert, key)
+    except TLSFileError as exc:
+        raise SystemExit(f"pillarbox: error: {keys.get(exc.fault, '')}{exc}") from None
 
 
 def serve(config: Config, *, dev_mode: bool = False) -> int:
@@ -133,10 +141,11 @@ def serve(config: Config, *, dev_mode: bool = False) -> int:
     if orphans:
         log_event(log, "spool cleanup", removed=orphans,
                   note="blobs of messages that never got their 250")
-    # Fail early on a bad certificate, and make the development one once,
-    # here, rather than in each worker at the same time.
-    tls_context(config)
-    listeners = Listeners.bind(config)
+    # The certificate is loaded here, once: a bad one fails the start, the
+    # development one is made once rather than by each worker at the same
+    # time, and a key only root may read (as is usual) still serves once
+    # privileges are dropped.  The workers inherit the context.
+    listeners = Listeners.bind(config, tls_context(config))
     workers = config.workers_effective
     limiter = ConnectionLimiter(
         config.smtp.max_connections, config.smtp.max_connections_per_ip, workers
@@ -241,7 +250,7 @@ def own_data_dir(data_dir: Path) -> DataDirLock:
 
 @dataclass(slots=True)
 class Listeners:
-    """The bound listening sockets, by service."""
+    """The bound listening sockets, by service, and the certificate they present."""
 
     smtp: list[socket.socket]
     imap: list[socket.socket]
@@ -251,9 +260,10 @@ class Listeners:
     submission: list[socket.socket] = field(default_factory=list)    # RFC 6409, STARTTLS
     submissions: list[socket.socket] = field(default_factory=list)   # RFC 8314, implicit TLS
     mta_sts: list[socket.socket] = field(default_factory=list)   # RFC 8461 policy, HTTPS
+    tls: ssl.SSLContext = field(kw_only=True)   # what they all present (tls_context)
 
     @classmethod
-    def bind(cls, config: Config) -> Listeners:
+    def bind(cls, config: Config, tls: ssl.SSLContext) -> Listeners:
         return cls(
             bind_listeners(config.smtp.listen), bind_listeners(config.imap.listen),
             bind_listeners(config.imap.listen_tls), bind_listeners(config.pop3.listen),
@@ -261,6 +271,7 @@ class Listeners:
             submission=bind_listeners(config.submission.listen),
             submissions=bind_listeners(config.submission.listen_tls),
             mta_sts=bind_listeners(config.mta_sts.listen),
+            tls=tls,
         )
 
     def all(self) -> list[socket.socket]:
@@ -563,7 +574,7 @@ async def _worker_main(config: Config, listeners: Listeners, limiters: Limiters)
         ),
         command_timeout=smtp.command_timeout,
         data_timeout=smtp.data_timeout,
-        tls_context=tls_context(config) if smtp.starttls else None,
+        tls_context=listeners.tls if smtp.starttls else None,
         limiter=limiters.smtp,
     )
     loop = asyncio.get_running_loop()
@@ -584,7 +595,7 @@ async def _worker_main(config: Config, listeners: Listeners, limiters: Limiters)
 
         directory = store.directory()
         servers += await start_policy_server(
-            listeners.mta_sts, tls_context(config),
+            listeners.mta_sts, listeners.tls,
             our_policy(config.mta_sts, config.server.hostname), directory.is_local_domain)
     stop = await _stop_event()
     while not stop.is_set():
@@ -631,7 +642,7 @@ async def _start_submission(config: Config, listeners: Listeners, ctx, cfg,  # t
     ctx.trusted_networks = config.smtp.trusted_networks
     ctx.send_as = lambda account_id: grants(store, account_id)
     loop = asyncio.get_running_loop()
-    tls = tls_context(config)
+    tls = listeners.tls
     servers: list[asyncio.Server] = []
     for socks, implicit in ((listeners.submission, False), (listeners.submissions, True)):
         sub_cfg = replace(cfg, tls_context=tls, submission=True, implicit_tls=implicit)
@@ -683,7 +694,7 @@ async def _start_mail_access(config: Config, listeners: Listeners, limiters: Lim
     from pillarbox.store.sqlite.notify import Listener
 
     loop = asyncio.get_running_loop()
-    tls = tls_context(config)
+    tls = listeners.tls
     authenticator = Authenticator.from_config(config.auth, store.credentials)
     hub = Hub(Listener(store.run_dir, advertised=False), store)
     hub.start()

@@ -9,14 +9,24 @@ covered by ``tests/unit/test_config.py``; the CLI's by ``tests/unit/test_cli.py`
 
 from __future__ import annotations
 
+import datetime
 import os
+import pwd
+import shutil
 import signal
+import smtplib
+import ssl
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from tests.conftest import Server, free_port
 
@@ -65,3 +75,83 @@ def test_stopping_while_a_crashed_child_is_restarted_stops_every_child(tmp_path:
         assert "Traceback" not in server.log()
     finally:
         server.stop()
+
+
+# --- the certificate and its key ---------------------------------------------------
+
+
+def _write_tls(folder: Path, name: str, *, passphrase: bytes | None = None) -> tuple[Path, Path]:
+    """A self-signed certificate for mx.test and its key, as ``name``.crt and ``name``.key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mx.test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .sign(key, hashes.SHA256()))
+    encryption = (serialization.BestAvailableEncryption(passphrase) if passphrase
+                  else serialization.NoEncryption())
+    cert_path, key_path = folder / f"{name}.crt", folder / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8, encryption))
+    key_path.chmod(0o600)
+    return cert_path, key_path
+
+
+@pytest.mark.parametrize(("mistake", "key", "says"), [
+    ("mismatch", "tls.private_key", "is not the key of the certificate"),
+    ("not a certificate", "tls.certificate", "holds no PEM certificate"),
+    ("not a key", "tls.private_key", "holds no PEM private key"),
+    ("encrypted key", "tls.private_key", "is encrypted with a passphrase"),
+])
+def test_a_bad_certificate_or_key_is_named(tmp_path: Path, mistake: str, key: str,
+                                          says: str) -> None:
+    """OpenSSL's own words ("[SSL] PEM lib (_ssl.c:3905)", "key values mismatch")
+    named no file; an encrypted key made OpenSSL ask for its passphrase on the
+    terminal, once per process."""
+    cert, private_key = _write_tls(tmp_path, "a")
+    other_cert, other_key = _write_tls(tmp_path, "b", passphrase=b"secret")
+    files = {"mismatch": (cert, other_key.with_name("c.key")),
+             "not a certificate": (private_key, private_key),
+             "not a key": (cert, cert),
+             "encrypted key": (other_cert, other_key)}[mistake]
+    _write_tls(tmp_path, "c")
+    done = _serve(tmp_path, f"tls.certificate={files[0]}", f"tls.private_key={files[1]}",
+                  f"server.data_dir={tmp_path / 'data'}")
+    assert done.returncode == 1, done
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    bad = files[1] if key == "tls.private_key" else files[0]
+    assert lines[0].startswith(f"pillarbox: error: {key}: ") and str(bad) in lines[0], lines
+    assert says in lines[0], lines
+
+
+def test_a_key_only_root_may_read_serves_after_dropping_privileges(tmp_path: Path) -> None:
+    """Certificates are loaded before privileges are dropped (a key is usually
+    root's alone, mode 0600); each worker used to load it again as server.user,
+    and crash on it, again and again, while the server announced it was serving."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (to drop privileges)")
+    try:
+        pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user nobody")
+    cert, key = _write_tls(tmp_path, "root-only")
+    # The unprivileged server must reach its data directory: not under
+    # pytest's 0700 temporary root.
+    top = Path(tempfile.mkdtemp(prefix="pillarbox-tls-"))
+    os.chmod(top, 0o755)
+    try:
+        server = Server(top / "data", {"server.user": "nobody", "tls.certificate": str(cert),
+                                       "tls.private_key": str(key)}).start()
+        try:
+            with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as client:
+                client.starttls(context=ssl._create_unverified_context())
+                assert client.noop()[0] == 250
+            assert "crashed" not in server.log()
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(top, ignore_errors=True)

@@ -9,15 +9,78 @@ import ssl
 from pathlib import Path
 
 
+class TLSFileError(Exception):
+    """The certificate or its key cannot be used: ``fault`` is the file at fault,
+    ``"certificate"`` or ``"private_key"``, and the message names it and says why."""
+
+    def __init__(self, fault: str, message: str) -> None:
+        super().__init__(message)
+        self.fault = fault
+
+
+class _Encrypted(Exception):
+    pass
+
+
+def _no_passphrase() -> str:
+    # Without a callback OpenSSL would ask for the passphrase on the terminal,
+    # and a server started by hand would wait there (once per worker).
+    raise _Encrypted
+
+
 def server_context(certificate: Path, private_key: Path) -> ssl.SSLContext:
-    """A server context: TLS 1.2 or newer, the system's default ciphers."""
+    """A server context: TLS 1.2 or newer, the system's default ciphers.
+
+    Raises :class:`TLSFileError` saying which file is wrong and how.
+    """
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(certificate, private_key)
+    try:
+        ctx.load_cert_chain(certificate, private_key, password=_no_passphrase)
+    except (OSError, _Encrypted) as exc:   # ssl.SSLError is an OSError
+        # OpenSSL says "PEM lib" or "key values mismatch" and names no file.
+        raise _what_is_wrong(certificate, private_key, exc) from None
     # Mail servers are reached by name through MX records that rarely match
     # client expectations; the client decides what it checks (RFC 7672, 8461).
     ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+def _what_is_wrong(certificate: Path, private_key: Path, exc: BaseException) -> TLSFileError:
+    """Why ``load_cert_chain`` failed, found again file by file."""
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    pem = []
+    for fault, path in (("certificate", certificate), ("private_key", private_key)):
+        try:
+            pem.append(path.read_bytes())
+        except OSError as e:
+            what = fault.replace("_", " ")
+            return TLSFileError(fault, f"cannot read the TLS {what} {path}: {e.strerror or e}")
+    cert_pem, key_pem = pem
+    try:
+        chain = x509.load_pem_x509_certificates(cert_pem)
+    except ValueError:
+        return TLSFileError("certificate", f"the TLS certificate {certificate} holds no "
+                            "PEM certificate (-----BEGIN CERTIFICATE-----)")
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except TypeError:
+        return TLSFileError("private_key", f"the TLS private key {private_key} is encrypted "
+                            "with a passphrase; give Pillarbox the key without one "
+                            "(openssl pkey -in KEY -out NEW)")
+    except (ValueError, UnsupportedAlgorithm):
+        return TLSFileError("private_key", f"the TLS private key {private_key} holds no "
+                            "PEM private key (-----BEGIN PRIVATE KEY-----)")
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if chain[0].public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
+        return TLSFileError("private_key", f"the TLS private key {private_key} is not the "
+                            f"key of the certificate {certificate} (the first certificate "
+                            "of that file must be the server's own)")
+    return TLSFileError("certificate", f"cannot use the TLS certificate {certificate} and "
+                        f"key {private_key}: {exc}")
 
 
 def ensure_self_signed(directory: Path, hostname: str) -> tuple[Path, Path]:
