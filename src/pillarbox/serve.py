@@ -17,6 +17,7 @@ finish the sessions they have for a few seconds, and close the rest with
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import logging
 import os
@@ -54,7 +55,8 @@ class Child:
     started: float = 0.0
 
 
-def bind_listeners(addresses: tuple[tuple[str, int], ...]) -> list[socket.socket]:
+def bind_listeners(addresses: tuple[tuple[str, int], ...], key: str) -> list[socket.socket]:
+    """Bind the addresses of the configuration key ``key``, or leave naming it."""
     socks = []
     for host, port in addresses:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -66,7 +68,13 @@ def bind_listeners(addresses: tuple[tuple[str, int], ...]) -> list[socket.socket
             sock.bind((host, port))
         except OSError as exc:
             sock.close()
-            raise SystemExit(f"pillarbox: error: cannot listen on {host}:{port}: {exc.strerror}")
+            hint = ""
+            if exc.errno == errno.EADDRINUSE:
+                hint = "; another program listens there (ss -ltnp shows which)"
+            elif exc.errno == errno.EACCES and port < 1024:
+                hint = "; ports below 1024 need root or CAP_NET_BIND_SERVICE"
+            raise SystemExit(f"pillarbox: error: {key}: cannot listen on {host}:{port}: "
+                             f"{exc.strerror}{hint}") from None
         sock.listen(1024)
         sock.setblocking(False)
         socks.append(sock)
@@ -132,7 +140,11 @@ def serve(config: Config, *, dev_mode: bool = False) -> int:
     # directory another server is using would remove its uncommitted blobs.
     # The lock is held until this supervisor returns; children inherit it.
     lock = own_data_dir(config.server.data_dir)
-    setup_logging(config.log.format, config.log.level, config.log.file)
+    try:
+        setup_logging(config.log.format, config.log.level, config.log.file)
+    except OSError as exc:
+        raise SystemExit(f"pillarbox: error: log.file: cannot open {config.log.file}: "
+                         f"{exc.strerror}") from None
     store = SQLiteStore(config.server.data_dir).open()
     password = ensure_dev_defaults(store) if dev_mode else None
     orphans = store.collect_orphans(lock)
@@ -244,7 +256,8 @@ def own_data_dir(data_dir: Path) -> DataDirLock:
         raise SystemExit(f"pillarbox: error: {exc}") from None
     except OSError as exc:
         raise SystemExit(
-            f"pillarbox: error: cannot lock the data directory {data_dir}: {exc.strerror}"
+            f"pillarbox: error: server.data_dir: cannot lock the data directory {data_dir}: "
+            f"{exc.strerror}"
         ) from None
 
 
@@ -265,12 +278,14 @@ class Listeners:
     @classmethod
     def bind(cls, config: Config, tls: ssl.SSLContext) -> Listeners:
         return cls(
-            bind_listeners(config.smtp.listen), bind_listeners(config.imap.listen),
-            bind_listeners(config.imap.listen_tls), bind_listeners(config.pop3.listen),
-            bind_listeners(config.pop3.listen_tls),
-            submission=bind_listeners(config.submission.listen),
-            submissions=bind_listeners(config.submission.listen_tls),
-            mta_sts=bind_listeners(config.mta_sts.listen),
+            bind_listeners(config.smtp.listen, "smtp.listen"),
+            bind_listeners(config.imap.listen, "imap.listen"),
+            bind_listeners(config.imap.listen_tls, "imap.listen_tls"),
+            bind_listeners(config.pop3.listen, "pop3.listen"),
+            bind_listeners(config.pop3.listen_tls, "pop3.listen_tls"),
+            submission=bind_listeners(config.submission.listen, "submission.listen"),
+            submissions=bind_listeners(config.submission.listen_tls, "submission.listen_tls"),
+            mta_sts=bind_listeners(config.mta_sts.listen, "mta_sts.listen"),
             tls=tls,
         )
 

@@ -15,6 +15,7 @@ import pwd
 import shutil
 import signal
 import smtplib
+import socket
 import ssl
 import subprocess
 import sys
@@ -155,3 +156,42 @@ def test_a_key_only_root_may_read_serves_after_dropping_privileges(tmp_path: Pat
             server.stop()
     finally:
         shutil.rmtree(top, ignore_errors=True)
+
+
+# --- the data directory, the log file, the ports --------------------------------------
+
+
+def _one_error(done: subprocess.CompletedProcess[str]) -> str:
+    """The one line a refused start prints, after checking it refused."""
+    assert done.returncode == 1, done
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pillarbox: error: "), done.stderr
+    return lines[0]
+
+
+def test_a_file_where_the_data_directory_should_be(tmp_path: Path) -> None:
+    """mkdir's "File exists" read as though the directory were there."""
+    (tmp_path / "data").write_text("", encoding="utf-8")
+    line = _one_error(_serve(tmp_path, f"server.data_dir={tmp_path / 'data'}"))
+    assert "server.data_dir" in line and "Not a directory" in line, line
+
+
+@pytest.mark.parametrize("where", ["missing/pillarbox.log", "a-directory"])
+def test_a_log_file_that_cannot_be_opened_is_named_with_its_key(tmp_path: Path,
+                                                              where: str) -> None:
+    """It was "[Errno 2] No such file or directory: '…'", naming no key."""
+    (tmp_path / "a-directory").mkdir()
+    line = _one_error(_serve(tmp_path, f"server.data_dir={tmp_path / 'data'}",
+                             f"log.file={tmp_path / where}"))
+    assert line.startswith(f"pillarbox: error: log.file: cannot open {tmp_path / where}: "), line
+
+
+def test_a_port_another_program_holds_is_named_with_its_key(tmp_path: Path) -> None:
+    port = free_port()
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        line = _one_error(_serve(tmp_path, f"server.data_dir={tmp_path / 'data'}",
+                                 f"imap.listen=127.0.0.1:{port}"))
+    assert line.startswith(f"pillarbox: error: imap.listen: cannot listen on 127.0.0.1:{port}: "
+                           "Address already in use; another program listens there"), line

@@ -72,7 +72,14 @@ class DataDirLock:
         """Take the lock without waiting; create the directory if it is missing."""
         if self._fd is not None:
             return self
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            # A file where the directory should be: mkdir's "File exists"
+            # would read as though all were well.
+            raise NotADirectoryError(
+                errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(self.data_dir)
+            ) from None
         # O_CLOEXEC: forked children share it (fork keeps descriptors), but a
         # program the server might exec does not.
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
