@@ -1635,6 +1635,9 @@ def load_config(path: Path | str | None, overrides: Mapping[str, str] = _NO_OVER
     for key, text in overrides.items():
         if key in _OPTIONS:
             given[key] = (_OPTIONS[key].metadata["kind"].from_text(text), _COMMAND_LINE, cwd)
+        elif key in _SECTIONS:   # "did you mean smtp?" would be no help to -o smtp=…
+            message = f"a section, not a key; write {key}.KEY=VALUE"
+            problems.append(_COMMAND_LINE.problem(key, message))
         else:
             problems.append(_COMMAND_LINE.problem(key, _unknown(key)))
 

@@ -473,6 +473,12 @@ def test_bad_and_unknown_overrides(in_tmp: Path) -> None:
     ]
 
 
+def test_a_section_given_as_an_override_key(in_tmp: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {"smtp": "2525"})
+    assert info.value.errors == ["command line: smtp: a section, not a key; write smtp.KEY=VALUE"]
+
+
 # --- units -------------------------------------------------------------------------
 
 
