@@ -198,6 +198,26 @@ REAL_WORLD_KINDS: dict[str, bytes] = {
         "Content-Type: multipart/mixed; boundary=u", "", "--u", "Content-Type: ", "", "a", "--u",
         "Content-Type: text", "", "b", "--u--", ""),
     "subject-line-8k": msg("Subject: " + "y" * 8200, "", "b", ""),
+    # an RFC 2231 boundary (CPython's test_email msg_33: mutt wrote every parameter so)
+    "rfc2231-boundary": msg(
+        "Content-Type: multipart/signed; micalg*=us-ascii''pgp-md5;",
+        "\tprotocol*=us-ascii''application%2Fpgp-signature;", "\tboundary*=\"us-ascii''B2\"",
+        "", "--B2", "Content-Type: text/plain", "", "signed text", "--B2",
+        "Content-Type: application/pgp-signature", "", "sig", "--B2--", ""),
+    # sections joined as Dovecot joins them: sorted after the plain parameters, plain
+    # sections %-escaped into an extended value, a gap left unjoined
+    "rfc2231-sections": msg(
+        "Content-Type: multipart/mixed; boundary*0=s1; boundary*1=s2", "", "--s1s2",
+        "Content-Type: text/plain; title*1=two; charset=utf-8; title*0*=utf-8''one%20", "",
+        "a", "--s1s2", "Content-Type: text/plain; name*0=50%; name*1*=%20x; gap*0=a; gap*2=c",
+        "", "b", "--s1s2--", ""),
+    # the last part of a multipart is a header block that runs into an enclosing
+    # boundary (CPython's test_email msg_38)
+    "multipart-header-at-boundary": msg(
+        "Content-Type: multipart/mixed; boundary=o", "", "--o",
+        "Content-Type: multipart/mixed; boundary=i", "", "--i", "Content-Type: text/plain", "",
+        "hello", "--i", "X-Stray: a header, no blank line", "--o", "Content-Type: text/plain", "",
+        "second", "--o--", ""),
     "parameter-no-semicolon": msg(
         "Content-Type: multipart/mixed", "\tboundary=n", "", "--n",
         "Content-Type: message/external-body; access-type=mail-server",

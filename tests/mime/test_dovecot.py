@@ -77,6 +77,19 @@ KINDS: dict[str, str] = {
         "then keeps the whitespace after the colon (a Subject becomes a literal with "
         "the space removed, a Date or Content-Description starts with a space); "
         "Pillarbox reads the field the same whatever its length (RFC 5322 §2.2)."),
+    "rfc2231-boundary": (
+        "a multipart whose boundary is written as an RFC 2231 extended value "
+        "('boundary*=\"us-ascii''B2\"'), which RFC 2231 §4 allows for every parameter and "
+        "mail readers decode: Dovecot joins sections ('boundary*0=…; boundary*1=…', as "
+        "Pillarbox does) but takes an extended value for a parameter of another name, "
+        "'boundary*', finds no boundary and shows one empty text/plain part; Pillarbox "
+        "decodes it and finds the parts."),
+    "multipart-header-at-boundary": (
+        "the last part of a multipart is a header block that runs into an enclosing boundary "
+        "(no blank line, no close delimiter): RFC 2046 §5.1.1 attaches the CRLF before a "
+        "boundary line to the boundary, so the multipart ends before it. Dovecot counts it "
+        "into BODY[n] of that multipart (two octets more), though its BODY[n.m] of the part "
+        "itself ends before it, as Pillarbox's both do."),
 }
 
 #: (message name, item pattern, kind); the pattern is an fnmatch pattern over items
@@ -99,6 +112,8 @@ _KNOWN: list[tuple[str, str, str]] = [
     ("parameter-no-semicolon", "B*", "parameter-syntax"),
     ("parameter-tspecial", "BODY*", "parameter-syntax"),
     ("subject-line-8k", "ENVELOPE", "header-line-over-8k"),
+    ("rfc2231-boundary", "B*", "rfc2231-boundary"),
+    ("multipart-header-at-boundary", "BODY[[]1]", "multipart-header-at-boundary"),
     # the real-world messages under data/
     ("dovecot-malformed/016.eml", "B*", "boundary-over-80"),
     ("mime4j/very-long-boundary.msg", "B*", "boundary-over-80"),
@@ -125,6 +140,9 @@ _KNOWN: list[tuple[str, str, str]] = [
     ("ruby-mail/mime_emails-raw_email_with_binary_encoded.eml", "BODY*", "parameter-syntax"),
     ("ruby-mail/mime_emails-raw_email_with_illegal_boundary.eml", "BODY*", "parameter-syntax"),
     ("ruby-mail/plain_emails-raw_email_bad_time.eml", "BODY*", "parameter-syntax"),
+    ("cpython-email/msg_14.txt", "BODY*", "content-type-unusable"),
+    ("cpython-email/msg_33.txt", "B*", "rfc2231-boundary"),
+    ("cpython-email/msg_38.txt", "BODY[[]1]", "multipart-header-at-boundary"),
 ]
 
 

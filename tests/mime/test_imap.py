@@ -172,3 +172,12 @@ def test_empty_message() -> None:
     assert bodystructure(root) == b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 0 0 NIL NIL NIL NIL)'
     assert envelope(root) == b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)"
     assert msg("") == b""
+
+
+def test_rfc2231_parameters_are_sent_as_dovecot_sends_them() -> None:
+    # plain parameters first as written, then the RFC 2231 ones sorted by name; a plain
+    # section %-escaped into an extended value; sections with a gap left unjoined
+    bs = bodystructure(parse(REAL_WORLD_KINDS["rfc2231-sections"]))
+    assert b'("charset" "utf-8" "title*" "utf-8\'\'one%20two")' in bs
+    assert b'("gap*0" "a" "gap*2" "c" "name*" "\'\'50%25%20x" "charset" "us-ascii")' in bs
+    assert bs.endswith(b'"mixed" ("boundary" "s1s2") NIL NIL NIL)')

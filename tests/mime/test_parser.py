@@ -106,6 +106,15 @@ def test_longest_matching_boundary_wins() -> None:
     assert root.children[1].body_bytes() == b"--a\r\n\r\ninner\r\n--a--"
 
 
+def test_an_rfc2231_boundary_is_decoded() -> None:
+    # boundary*="us-ascii''B2" (RFC 2231 §4), as mutt writes it; sections are joined too
+    root = parse(REAL_WORLD_KINDS["rfc2231-boundary"])
+    assert shape(root) == ("multipart/signed", ["text/plain", "application/pgp-signature"])
+    assert root.children[0].body_bytes() == b"signed text"
+    root = parse(REAL_WORLD_KINDS["rfc2231-sections"])
+    assert shape(root) == ("multipart/mixed", ["text/plain", "text/plain"])
+
+
 def test_boundaries_ending_in_dashes() -> None:
     root = parse(REAL_WORLD_KINDS["boundary-dashes"])
     inner = root.children[0]

@@ -168,30 +168,48 @@ def _params(raw: list[tuple[str, bytes]]) -> list[bytes]:
     return out
 
 
+_RFC2231_NAME = re.compile(r"^([^*]*)\*(\d*)(\*?)$")
+
+
 def _rfc2231_merge(raw: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
-    """Join continuations, keeping the charset'lang' prefix of extended values as written."""
+    """Join RFC 2231 sections (``name*0``, ``name*1*``) into one parameter per name,
+    keeping the charset'lang' prefix and the %-escapes of extended values as written
+    (the client decodes them, RFC 3501 §7.4.2).
+
+    As Dovecot sends them: plain parameters first, in the order written, then the
+    RFC 2231 ones (``name*`` included) sorted by name; a name whose sections do not
+    run 0, 1, 2 … without a gap is sent section by section, unjoined. When extended
+    and plain sections are mixed, the plain ones are %-escaped into the extended
+    value (RFC 2231 §4.1), which gains an empty ``''`` prefix if its first section
+    had none.
+    """
     plain: list[tuple[str, bytes]] = []
-    sections: dict[str, dict[int, tuple[bool, bytes]]] = {}
-    order: list[str] = []
+    sections: list[tuple[str, int, bool, bytes]] = []
     for name, value in raw:
-        m = re.match(r"^(.*?)\*(\d+)(\*?)$", name)
-        if m:
-            base = m.group(1)
-            if base not in sections:
-                sections[base] = {}
-                order.append(base)
-            sections[base].setdefault(int(m.group(2)), (bool(m.group(3)), value))
-        else:
+        m = _RFC2231_NAME.match(name) if "*" in name else None
+        if m is None:
             plain.append((name, value))
-    for base in order:
-        parts = sections[base]
-        extended = parts.get(0, (False, b""))[0]
-        chunks = []
-        for i in range(len(parts)):
-            if i not in parts:
-                break
-            chunks.append(parts[i][1])  # Dovecot joins sections as written
-        plain.append((base + ("*" if extended else ""), b"".join(chunks)))
+        else:
+            sections.append((m.group(1), int(m.group(2) or 0), bool(m.group(3)) or not m.group(2),
+                             value))
+    sections.sort(key=lambda s: (s[0], s[1]))
+    i = 0
+    while i < len(sections):
+        base = sections[i][0].lower()
+        j = i
+        while j < len(sections) and sections[j][0].lower() == base:
+            j += 1
+        group = sections[i:j]
+        i = j
+        if any(idx != k for k, (_, idx, _, _) in enumerate(group)):
+            plain += [(f"{name}*{idx}*" if ext else f"{name}*{idx}", value)
+                      for name, idx, ext, value in group]
+            continue
+        extended = any(ext for _, _, ext, _ in group)
+        chunks = [b"''"] if extended and not group[0][2] else []
+        chunks += [value.replace(b"%", b"%25") if extended and not ext else value
+                   for _, _, ext, value in group]
+        plain.append((group[0][0] + ("*" if extended else ""), b"".join(chunks)))
     return plain
 
 

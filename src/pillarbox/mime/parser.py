@@ -360,6 +360,11 @@ class _Parser:
         boundary = None
         if part.type == "multipart":
             boundary = next((v for n, v in part.params_raw if n.lower() == "boundary"), None)
+            if boundary is None and any("*" in n for n, _ in part.params_raw):
+                # RFC 2231 allows boundary*= and boundary*0= too (mail readers
+                # decode them; Dovecot does not)
+                joined = part.params.get("boundary")
+                boundary = joined.encode("utf-8") if joined else None
         if bounds and body_start > hdr_end:
             stack = (boundary,) + bounds if boundary else bounds
             if _boundary_at(buf, stack, body_start, limit) and (
