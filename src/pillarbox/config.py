@@ -1662,6 +1662,7 @@ def load_config(path: Path | str | None, overrides: Mapping[str, str] = _NO_OVER
         if values.get(key) and other in values and not values[other]:
             origin = given[key][1] if key in given else default_origin
             problems.append(origin.problem(key, f"set without {other}; set both or neither"))
+    problems += _shared_ports(values, given, default_origin)
     if values.get("dns.ipv6") is False and values.get("dns.ipv4") is False:
         origin = given.get("dns.ipv4", given.get("dns.ipv6", (None, default_origin)))[1]
         problems.append(origin.problem("dns.ipv4", "dns.ipv6 and dns.ipv4 are both false; "
@@ -1673,6 +1674,36 @@ def load_config(path: Path | str | None, overrides: Mapping[str, str] = _NO_OVER
         for section, cls in _SECTIONS.items()
     }
     return Config(**sections)
+
+
+def _shared_ports(values: Mapping[str, Any], given: Mapping[str, tuple[object, _Origin, Path]],
+                  default_origin: _Origin) -> list[tuple[float, str]]:
+    """Two listen keys naming one address: the second bind would fail with
+    "Address already in use", as if another program held the port.  An
+    address conflicts with the same one, and with the wildcard of its family."""
+    def wildcard(host: str) -> str:
+        return "::" if ":" in host else "0.0.0.0"
+
+    def conflict(a: tuple[str, int], b: tuple[str, int]) -> bool:
+        (host_a, port_a), (host_b, port_b) = a, b
+        if port_a != port_b or wildcard(host_a) != wildcard(host_b):
+            return False   # another port, or the other address family (IPV6_V6ONLY)
+        return host_a == host_b or wildcard(host_a) in (host_a, host_b)
+
+    problems = []
+    seen: list[tuple[tuple[str, int], str]] = []
+    for key, f in _OPTIONS.items():
+        if not isinstance(f.metadata["kind"], _Listen) or key not in values:
+            continue
+        origin = given[key][1] if key in given else default_origin
+        for address in values[key]:
+            other = next((k for a, k in seen if k != key and conflict(a, address)), None)
+            if other is not None:
+                host, port = address
+                shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                problems.append(origin.problem(key, f'"{shown}": {other} listens there too'))
+        seen += [(address, key) for address in values[key]]
+    return problems
 
 
 def check_config(path: Path | str) -> list[str]:

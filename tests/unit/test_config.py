@@ -473,6 +473,23 @@ def test_bad_and_unknown_overrides(in_tmp: Path) -> None:
     ]
 
 
+def test_two_listen_keys_on_one_address(in_tmp: Path) -> None:
+    """Else the second bind fails "Address already in use", as if another program held it."""
+    path = write(in_tmp, '[smtp]\nlisten = ["127.0.0.1:2525"]\n\n'
+                         '[imap]\nlisten = ["0.0.0.0:2525"]\nlisten_tls = ["127.0.0.2:2525"]\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {"pop3.listen": "[::1]:2110", "pop3.listen_tls": "[::]:2110"})
+    assert info.value.errors == [
+        f'{path}:5: imap.listen: "0.0.0.0:2525": smtp.listen listens there too',
+        f'{path}:6: imap.listen_tls: "127.0.0.2:2525": imap.listen listens there too',
+        'command line: pop3.listen_tls: "[::]:2110": pop3.listen listens there too',
+    ]
+    # Other hosts on one port, or the other address family, are no conflict.
+    config = load_config(None, {"smtp.listen": "127.0.0.1:2525,[::]:2525",
+                                "imap.listen": "127.0.0.2:2525"})
+    assert config.imap.listen == (("127.0.0.2", 2525),)
+
+
 def test_a_section_given_as_an_override_key(in_tmp: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(None, {"smtp": "2525"})
