@@ -5,6 +5,7 @@ import pytest
 from pillarbox.mime.imap import (
     SectionError,
     bodystructure,
+    bodystructures,
     envelope,
     fetch_binary,
     fetch_section,
@@ -181,3 +182,17 @@ def test_rfc2231_parameters_are_sent_as_dovecot_sends_them() -> None:
     assert b'("charset" "utf-8" "title*" "utf-8\'\'one%20two")' in bs
     assert b'("gap*0" "a" "gap*2" "c" "name*" "\'\'50%25%20x" "charset" "us-ascii")' in bs
     assert bs.endswith(b'"mixed" ("boundary" "s1s2") NIL NIL NIL)')
+
+
+def test_an_empty_message_rfc822_part_still_has_an_envelope_and_a_body() -> None:
+    # RFC 9051's body-type-msg: a client's parser needs them even when the part is
+    # empty (its header block runs into the boundary), as Dovecot sends them
+    root = parse(msg("Content-Type: multipart/mixed; boundary=m", "", "--m",
+                     "Content-Type: text/plain", "", "a", "--m", "Content-Type: message/rfc822",
+                     "", "--m--", ""))
+    empty = b'(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL) ("text" "plain" ("charset" "us-ascii")'
+    bs, body = bodystructures(root)
+    assert bs == bodystructure(root) and body == bodystructure(root, extended=False)
+    assert b'("message" "rfc822" NIL NIL NIL "7bit" 0 ' + empty + b' NIL NIL "7bit" 0 0 NIL NIL NIL NIL) 0 NIL' in bs
+    assert b'("message" "rfc822" NIL NIL NIL "7bit" 0 ' + empty + b' NIL NIL "7bit" 0 0) 0)' in body
+    assert fetch_section(root, "2.HEADER") == b"" and fetch_section(root, "2.TEXT") == b""

@@ -233,12 +233,21 @@ def _extension(part: Part, multipart: bool) -> list[bytes]:
 
 
 _EMPTY_TEXT = b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 0 0'
+_EMPTY_ENVELOPE = b"(" + b" ".join([b"NIL"] * 10) + b")"
+
+
+def _empty_message(part: Part) -> bool:
+    """A message/rfc822 part with nothing inside (no octets, or nested too deep):
+    RFC 9051's grammar still wants an envelope, a body and a line count after its
+    fields, or a client's parser loses its place; Dovecot sends an empty envelope
+    and an empty text part, and so do we."""
+    return part.message is None and part.type == "message" and part.subtype == "rfc822"
 
 
 def _type_fields(part: Part) -> tuple[bytes, bytes, list[bytes]]:
     typ = (part.type_raw or part.type).encode("latin-1")
     sub = (part.subtype_raw or part.subtype).encode("latin-1")
-    if part.message is not None and part.subtype == "rfc822":
+    if part.subtype == "rfc822" and (part.message is not None or part.type == "message"):
         typ, sub = b"message", b"rfc822"  # in lower case whatever the spelling, as Dovecot
     params = _params(part.params_raw)
     if part.type == "text" and not any(n.lower() == "charset" for n, _ in part.params_raw):
@@ -291,6 +300,9 @@ def bodystructure(part: Part, extended: bool = True) -> bytes:
     if part.message is not None:
         items += [envelope(part.message), bodystructure(part.message, extended),
                   str(part.lines).encode()]
+    elif _empty_message(part):
+        items += [_EMPTY_ENVELOPE, _EMPTY_TEXT + (b" NIL NIL NIL NIL)" if extended else b")"),
+                  str(part.lines).encode()]
     elif part.type == "text":
         items.append(str(part.lines).encode())
     if extended:
@@ -328,6 +340,10 @@ def bodystructures(part: Part) -> tuple[bytes, bytes]:
         lines = str(part.lines).encode()
         basic = items + [env, inner, lines]
         items = items + [env, inner_ext, lines]
+    elif _empty_message(part):
+        lines = str(part.lines).encode()
+        basic = items + [_EMPTY_ENVELOPE, _EMPTY_TEXT + b")", lines]
+        items = items + [_EMPTY_ENVELOPE, _EMPTY_TEXT + b" NIL NIL NIL NIL)", lines]
     elif part.type == "text":
         items = basic = items + [str(part.lines).encode()]
     return (b"(" + b" ".join(items + _extension(part, False)) + b")",
@@ -436,6 +452,8 @@ def fetch_section(root: Part, spec: str) -> bytes:
         return part.header_bytes()
     if text:
         msg = part.message if path else part
+        if msg is None and _empty_message(part):
+            return b""   # an empty message: no header, no text
         if msg is None:
             raise SectionError("not a message/rfc822 part")
         if text == "HEADER":
