@@ -139,6 +139,7 @@ def serve(config: Config, *, dev_mode: bool = False) -> int:
     # First of all, own the data directory: start-up clean-up against a
     # directory another server is using would remove its uncommitted blobs.
     # The lock is held until this supervisor returns; children inherit it.
+    check_data_dir_owner(config.server.data_dir)
     lock = own_data_dir(config.server.data_dir)
     try:
         setup_logging(config.log.format, config.log.level, config.log.file)
@@ -246,6 +247,47 @@ def serve(config: Config, *, dev_mode: bool = False) -> int:
     log_event(log, "stopped")
     lock.release()
     return 0
+
+
+def check_data_dir_owner(data_dir: Path) -> None:
+    """Leave at once if the data directory holds what we may not write.
+
+    A file made there by another user, typically ``pillarbox domain add``
+    run under sudo beside a server that runs as its own user, would fail
+    the start with SQLite's "attempt to write a readonly database", or
+    fail later, at the first message, on a blob directory or on the queue
+    manager's socket in ``run/``.  Root may write anything (and
+    ``_drop_privileges`` hands everything to ``server.user``).  Checked:
+    the directory, what it holds, and the directories one level below
+    (``blobs/XX``), not the blobs themselves, which are never written again.
+    """
+    if os.geteuid() == 0 or not data_dir.is_dir():
+        return
+    import pwd
+
+    def name(uid: int) -> str:
+        try:
+            return pwd.getpwuid(uid).pw_name
+        except KeyError:
+            return f"uid {uid}"
+
+    with os.scandir(data_dir) as top:
+        entries = [(data_dir, True), *((Path(e.path), e.is_dir()) for e in top)]
+    for path, is_dir in list(entries[1:]):
+        if is_dir:
+            with os.scandir(path) as below:
+                entries += [(Path(e.path), True) for e in below if e.is_dir()]
+    for path, _ in entries:
+        if os.access(path, os.W_OK):
+            continue
+        st, me = path.stat(), name(os.geteuid())
+        if st.st_uid == os.geteuid():
+            problem = f"is not writable (mode {st.st_mode & 0o7777:04o}): chmod u+w {path}"
+        else:
+            problem = (f"belongs to {name(st.st_uid)}, and this server runs as {me}, which "
+                       f"may not write it: chown -R {me} {data_dir}, or start as root with "
+                       f"server.user")
+        raise SystemExit(f"pillarbox: error: server.data_dir: {path} {problem}")
 
 
 def own_data_dir(data_dir: Path) -> DataDirLock:

@@ -40,9 +40,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _serve(tmp_path: Path, *options: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
-    """``pillarbox serve`` expected to refuse at once; its exit status and output."""
-    args = [sys.executable, "-m", "pillarbox",
+def _serve(tmp_path: Path, *options: str, timeout: float = 20,
+           user: pwd.struct_passwd | None = None) -> subprocess.CompletedProcess[str]:
+    """``pillarbox serve`` (as ``user``) expected to refuse at once; its exit status and output."""
+    become = [] if user is None else [
+        "setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups"]
+    args = [*become, sys.executable, "-m", "pillarbox",
             "-o", "server.hostname=mx.test", "-o", "server.workers=1",
             "-o", f"smtp.listen=127.0.0.1:{free_port()}",
             *[f"-o{key}=" for key in ("imap.listen", "imap.listen_tls", "pop3.listen",
@@ -195,3 +198,31 @@ def test_a_port_another_program_holds_is_named_with_its_key(tmp_path: Path) -> N
                                  f"imap.listen=127.0.0.1:{port}"))
     assert line.startswith(f"pillarbox: error: imap.listen: cannot listen on 127.0.0.1:{port}: "
                            "Address already in use; another program listens there"), line
+
+
+def test_a_data_directory_with_files_of_another_user(tmp_path: Path) -> None:
+    """``sudo pillarbox domain add`` in the directory of a server that runs as its
+    own user leaves root's database there: the start failed with SQLite's
+    "attempt to write a readonly database", naming no file."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (to make files of another user)")
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user nobody")
+    if shutil.which("setpriv") is None:
+        pytest.skip("no setpriv (util-linux), to run the server as nobody")
+    top = Path(tempfile.mkdtemp(prefix="pillarbox-owner-"))
+    os.chmod(top, 0o755)
+    try:
+        data_dir = top / "data"
+        data_dir.mkdir()
+        os.chown(data_dir, nobody.pw_uid, nobody.pw_gid)
+        subprocess.run([sys.executable, "-m", "pillarbox", "-o", f"server.data_dir={data_dir}",
+                        "domain", "add", "example.com"], check=True, capture_output=True)
+        line = _one_error(_serve(top, f"server.data_dir={data_dir}", user=nobody))
+        assert line.startswith(f"pillarbox: error: server.data_dir: {data_dir}/"), line
+        assert "belongs to root, and this server runs as nobody" in line, line
+        assert f"chown -R nobody {data_dir}" in line, line
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
