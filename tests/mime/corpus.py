@@ -211,6 +211,11 @@ REAL_WORLD_KINDS: dict[str, bytes] = {
         "Content-Type: text/plain; title*1=two; charset=utf-8; title*0*=utf-8''one%20", "",
         "a", "--s1s2", "Content-Type: text/plain; name*0=50%; name*1*=%20x; gap*0=a; gap*2=c",
         "", "b", "--s1s2--", ""),
+    # a mailer's second Content-Disposition (enmime's mail/inlinemultipart.raw)
+    "disposition-twice": msg(
+        "Content-Type: multipart/mixed; boundary=t", "", "--t", "Content-Type: text/plain",
+        "Content-Disposition: inline", "Content-Disposition: attachment; filename=t.txt", "",
+        "text", "--t--", ""),
     # the last part of a multipart is a header block that runs into an enclosing
     # boundary (CPython's test_email msg_38)
     "multipart-header-at-boundary": msg(

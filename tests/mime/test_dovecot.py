@@ -29,7 +29,8 @@ CORPUS = corpus_mod.differential_corpus()
 #: Each kind of accepted difference → why Pillarbox's answer differs and is preferred.
 KINDS: dict[str, str] = {
     "content-type-unusable": (
-        "a Content-Type with no subtype ('garbage', 'text', empty) is invalid; RFC 2045 "
+        "a Content-Type with no subtype or no valid one ('garbage', 'text', ';', empty, "
+        "'text/plain>', '<html>') is invalid; RFC 2045 "
         "§5.2 says the default applies: text/plain; charset=us-ascii, or message/rfc822 "
         "inside a multipart/digest (RFC 2046 §5.1.5). Dovecot reports a type 'garbage' "
         "with an empty subtype and no line count, which no client can use, and inside a "
@@ -65,9 +66,11 @@ KINDS: dict[str, str] = {
     "parameter-syntax": (
         "a Content-Type or Content-Disposition parameter list with a syntax error: an "
         "empty parameter (';;', also in RFC 2046's own examples), a lost ';' before a "
-        "parameter (often at a fold), an unquoted value with a tspecial "
-        "('filename=attach/01', 'boundary=----=_Part_1', where Dovecot's boundary is "
-        "'----' and it finds an extra empty part). Dovecot stops at the error, or skips "
+        "parameter (often at a fold, or 'application/pdf name=\"x.pdf\"'), an unquoted value "
+        "with a tspecial ('filename=attach/01', 'method=text/calendar', "
+        "'boundary=----=_Part_1', where Dovecot's boundary is '----' and it finds an extra "
+        "empty part), a quoted string never closed (read to the end of the field). Dovecot "
+        "stops at the error, drops the whole type, or skips "
         "to the next ';', "
         "and loses what follows (a multipart's boundary, a charset, a file name); RFC "
         "2045 §5.1 gives no recovery rule, Pillarbox reads on and keeps what the sender "
@@ -77,6 +80,12 @@ KINDS: dict[str, str] = {
         "then keeps the whitespace after the colon (a Subject becomes a literal with "
         "the space removed, a Date or Content-Description starts with a space); "
         "Pillarbox reads the field the same whatever its length (RFC 5322 §2.2)."),
+    "disposition-duplicate": (
+        "two Content-Disposition fields in one part (RFC 2183 has one; a mailer added "
+        "'attachment' after its 'inline'): Dovecot takes the first of every other Content-* "
+        "field that occurs twice (type, encoding, ID, description, language, location, MD5) "
+        "but the last Content-Disposition; Pillarbox takes the first of each, the same rule "
+        "for all."),
     "rfc2231-boundary": (
         "a multipart whose boundary is written as an RFC 2231 extended value "
         "('boundary*=\"us-ascii''B2\"'), which RFC 2231 §4 allows for every parameter and "
@@ -114,6 +123,7 @@ _KNOWN: list[tuple[str, str, str]] = [
     ("subject-line-8k", "ENVELOPE", "header-line-over-8k"),
     ("rfc2231-boundary", "B*", "rfc2231-boundary"),
     ("multipart-header-at-boundary", "BODY[[]1]", "multipart-header-at-boundary"),
+    ("disposition-twice", "BODYSTRUCTURE", "disposition-duplicate"),
     # the real-world messages under data/
     ("dovecot-malformed/016.eml", "B*", "boundary-over-80"),
     ("mime4j/very-long-boundary.msg", "B*", "boundary-over-80"),
@@ -141,6 +151,21 @@ _KNOWN: list[tuple[str, str, str]] = [
     ("ruby-mail/mime_emails-raw_email_with_illegal_boundary.eml", "BODY*", "parameter-syntax"),
     ("ruby-mail/plain_emails-raw_email_bad_time.eml", "BODY*", "parameter-syntax"),
     ("cpython-email/msg_14.txt", "BODY*", "content-type-unusable"),
+    ("enmime/dsn-dsn_with_multipart_alternative.raw", "BODY*", "rfc822-header-at-boundary"),
+    ("enmime/dsn-multi_recipient_dsn.raw", "BODY*", "rfc822-header-at-boundary"),
+    ("enmime/dsn-simple_dsn.raw", "BODY*", "rfc822-header-at-boundary"),
+    ("enmime/dsn-simple_dsn_with_html.raw", "BODY*", "rfc822-header-at-boundary"),
+    ("enmime/mail-inlinemultipart.raw", "BODYSTRUCTURE", "disposition-duplicate"),
+    ("enmime/mail-malformed-multiple-address-header-values.raw", "BODYSTRUCTURE",
+     "disposition-duplicate"),
+    ("enmime/mail-mime-bad-content-type.raw", "BODY*", "parameter-syntax"),
+    ("enmime/mail-mime-blank-media-name.raw", "BODY*", "parameter-syntax"),
+    ("enmime/mail-mime-unquoted-tspecials-param.raw", "BODY*", "parameter-syntax"),
+    ("enmime/parts-missing-closing-param-quote.raw", "BODY*", "parameter-syntax"),
+    ("enmime/parts-unquoted-ctype-param-special.raw", "BODY*", "parameter-syntax"),
+    ("enmime/parts-barren-content-type.raw", "BODY*", "content-type-unusable"),
+    ("enmime/parts-ctype-invalid-characters.raw", "BODY*", "content-type-unusable"),
+    ("enmime/parts-empty-ctype-bad-content.raw", "BODY*", "content-type-unusable"),
     ("cpython-email/msg_33.txt", "B*", "rfc2231-boundary"),
     ("cpython-email/msg_38.txt", "BODY[[]1]", "multipart-header-at-boundary"),
 ]
