@@ -263,14 +263,6 @@ def check_data_dir_owner(data_dir: Path) -> None:
     """
     if os.geteuid() == 0 or not data_dir.is_dir():
         return
-    import pwd
-
-    def name(uid: int) -> str:
-        try:
-            return pwd.getpwuid(uid).pw_name
-        except KeyError:
-            return f"uid {uid}"
-
     with os.scandir(data_dir) as top:
         entries = [(data_dir, True), *((Path(e.path), e.is_dir()) for e in top)]
     for path, is_dir in list(entries[1:]):
@@ -280,14 +272,23 @@ def check_data_dir_owner(data_dir: Path) -> None:
     for path, _ in entries:
         if os.access(path, os.W_OK):
             continue
-        st, me = path.stat(), name(os.geteuid())
+        st, me = path.stat(), _user_name(os.geteuid())
         if st.st_uid == os.geteuid():
             problem = f"is not writable (mode {st.st_mode & 0o7777:04o}): chmod u+w {path}"
         else:
-            problem = (f"belongs to {name(st.st_uid)}, and this server runs as {me}, which "
+            problem = (f"belongs to {_user_name(st.st_uid)}, and this server runs as {me}, which "
                        f"may not write it: chown -R {me} {data_dir}, or start as root with "
                        f"server.user")
         raise SystemExit(f"pillarbox: error: server.data_dir: {path} {problem}")
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 def own_data_dir(data_dir: Path) -> DataDirLock:
@@ -861,8 +862,13 @@ def _preload() -> None:
 
 
 def _drop_privileges(user: str, data_dir: Path) -> None:
-    """Started as root: hand the data directory to ``user``, then become it."""
-    if not user or os.geteuid() != 0:
+    """Started as root: hand the data directory to ``user``, then become it.
+
+    Started as anyone else, that must be ``user`` already: only root can
+    change users, and running on as someone the configuration does not
+    name would leave the data directory to the wrong owner.
+    """
+    if not user:
         return
     import pwd
 
@@ -870,6 +876,13 @@ def _drop_privileges(user: str, data_dir: Path) -> None:
         entry = pwd.getpwnam(user)
     except KeyError:
         raise SystemExit(f"pillarbox: error: server.user: no such user {user!r}") from None
+    if os.geteuid() != 0:
+        if os.geteuid() != entry.pw_uid:
+            me = _user_name(os.geteuid())
+            raise SystemExit(f"pillarbox: error: server.user: the server runs as {me!r}, "
+                             f"not {user!r}, and only root can change users: start it as "
+                             f"root or as {user!r}")
+        return
     for top, dirs, files in os.walk(data_dir):
         for name in [top, *(os.path.join(top, n) for n in dirs + files)]:
             st = os.lstat(name)

@@ -226,3 +226,24 @@ def test_a_data_directory_with_files_of_another_user(tmp_path: Path) -> None:
         assert f"chown -R nobody {data_dir}" in line, line
     finally:
         shutil.rmtree(top, ignore_errors=True)
+
+
+def test_server_user_that_a_server_not_started_as_root_cannot_become(tmp_path: Path) -> None:
+    """It was ignored in silence: the server ran on as whoever started it."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (to start the server as another user)")
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user nobody")
+    if shutil.which("setpriv") is None:
+        pytest.skip("no setpriv (util-linux), to run the server as nobody")
+    top = Path(tempfile.mkdtemp(prefix="pillarbox-user-"))
+    os.chmod(top, 0o777)
+    try:
+        line = _one_error(_serve(top, f"server.data_dir={top / 'data'}", "server.user=root",
+                                 user=nobody))
+        assert line == ("pillarbox: error: server.user: the server runs as 'nobody', not "
+                        "'root', and only root can change users: start it as root or as 'root'")
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
