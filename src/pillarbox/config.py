@@ -483,7 +483,8 @@ class ServerConfig:
     user: str = _option(
         _Str(),
         "",
-        "When started as root, drop privileges to this user once the ports are bound. "
+        "When started as root, drop privileges to this user once the ports are bound; "
+        "started as anyone else, that must be this user (only root can change users). "
         '`""`: stay the user Pillarbox was started as.',
     )
 
