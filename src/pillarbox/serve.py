@@ -31,6 +31,7 @@ import time
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 from pillarbox.config import Config
 from pillarbox.log import log_event, setup_logging
@@ -249,37 +250,55 @@ def serve(config: Config, *, dev_mode: bool = False) -> int:
     return 0
 
 
+# What Pillarbox makes in the data directory: the directories it creates
+# files in (blobs/ down to blobs/XX/), and the files it writes in place.
+_OUR_DIRECTORIES = ("blobs", "dkim", "reports", "run", "tls")
+_WRITTEN_IN_PLACE = ("lock", ".db", ".sqlite", "-wal", "-shm")
+
+
 def check_data_dir_owner(data_dir: Path) -> None:
-    """Leave at once if the data directory holds what we may not write.
+    """Leave at once if the data directory holds what we may not use.
 
     A file made there by another user, typically ``pillarbox domain add``
     run under sudo beside a server that runs as its own user, would fail
     the start with SQLite's "attempt to write a readonly database", or
     fail later, at the first message, on a blob directory or on the queue
-    manager's socket in ``run/``.  Root may write anything (and
-    ``_drop_privileges`` hands everything to ``server.user``).  Checked:
-    the directory, what it holds, and the directories one level below
-    (``blobs/XX``), not the blobs themselves, which are never written again.
+    manager's socket in ``run/``.  Root may use anything (and
+    ``_drop_privileges`` hands everything to ``server.user``).  Only what
+    Pillarbox makes is checked: not the blobs, never written again, nor
+    what an administrator keeps there (a mount point's ``lost+found``).
     """
     if os.geteuid() == 0 or not data_dir.is_dir():
         return
-    with os.scandir(data_dir) as top:
-        entries = [(data_dir, True), *((Path(e.path), e.is_dir()) for e in top)]
-    for path, is_dir in list(entries[1:]):
-        if is_dir:
-            with os.scandir(path) as below:
-                entries += [(Path(e.path), True) for e in below if e.is_dir()]
-    for path, _ in entries:
-        if os.access(path, os.W_OK):
-            continue
-        st, me = path.stat(), _user_name(os.geteuid())
-        if st.st_uid == os.geteuid():
-            problem = f"is not writable (mode {st.st_mode & 0o7777:04o}): chmod u+w {path}"
-        else:
-            problem = (f"belongs to {_user_name(st.st_uid)}, and this server runs as {me}, which "
-                       f"may not write it: chown -R {me} {data_dir}, or start as root with "
-                       f"server.user")
-        raise SystemExit(f"pillarbox: error: server.data_dir: {path} {problem}")
+    every = os.R_OK | os.W_OK | os.X_OK
+    checks = [(data_dir, every)]
+    with os.scandir(data_dir) as listing:
+        for entry in listing:
+            if entry.name in _OUR_DIRECTORIES and entry.is_dir():
+                checks.append((Path(entry.path), every))
+            elif entry.name.endswith(_WRITTEN_IN_PLACE) and entry.is_file():
+                checks.append((Path(entry.path), os.R_OK | os.W_OK))
+    for path, mode in checks:
+        if not os.access(path, mode):
+            _not_ours(data_dir, path)
+        if path.name == "blobs":
+            with os.scandir(path) as listing:
+                for entry in listing:
+                    if entry.is_dir() and not os.access(entry.path, every):
+                        _not_ours(data_dir, Path(entry.path))
+
+
+def _not_ours(data_dir: Path, path: Path) -> NoReturn:
+    st, me = path.stat(), _user_name(os.geteuid())
+    if st.st_uid == os.geteuid():
+        wanted = "rwx" if path.is_dir() else "rw"
+        problem = (f"has mode {st.st_mode & 0o7777:04o}, which keeps the server from using it: "
+                   f"chmod u+{wanted} {path}")
+    else:
+        problem = (f"belongs to {_user_name(st.st_uid)}, and this server runs as {me}, which "
+                   f"may not use it: chown -R {me} {data_dir}, or start as root with "
+                   f"server.user")
+    raise SystemExit(f"pillarbox: error: server.data_dir: {path} {problem}")
 
 
 def _user_name(uid: int) -> str:

@@ -224,6 +224,15 @@ def test_a_data_directory_with_files_of_another_user(tmp_path: Path) -> None:
         assert line.startswith(f"pillarbox: error: server.data_dir: {data_dir}/"), line
         assert "belongs to root, and this server runs as nobody" in line, line
         assert f"chown -R nobody {data_dir}" in line, line
+        # What the administrator keeps there is none of the server's business:
+        # with the database handed over, the start goes on (to fail on log.file).
+        subprocess.run(["chown", "-R", "nobody", str(data_dir)], check=True)
+        (data_dir / "lost+found").mkdir(mode=0o700)
+        (data_dir / "notes.txt").write_text("root's own\n", encoding="utf-8")
+        (data_dir / "notes.txt").chmod(0o600)
+        line = _one_error(_serve(top, f"server.data_dir={data_dir}", "log.file=/nonexistent/log",
+                                 user=nobody))
+        assert line.startswith("pillarbox: error: log.file: "), line
     finally:
         shutil.rmtree(top, ignore_errors=True)
 
