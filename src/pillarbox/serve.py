@@ -382,6 +382,7 @@ def _start(child: Child, config: Config, listeners: Listeners,
            limiters: Limiters) -> None:
     # The supervisor's handler raises: held off from the fork until the
     # child's PID is noted, or a child could run on that nobody stops.
+    supervisor = os.getpid()
     signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     try:
         pid = os.fork()
@@ -404,6 +405,7 @@ def _start(child: Child, config: Config, listeners: Listeners,
     try:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _stop_with(supervisor)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         if child.role == "queue":
             for sock in listeners.all():
@@ -424,6 +426,25 @@ def _start(child: Child, config: Config, listeners: Listeners,
         flush_all()          # the last minute of report counts (pillarbox.reports.spool)
         logging.shutdown()
         os._exit(code)
+
+
+_PR_SET_PDEATHSIG = 1   # prctl(2)
+
+
+def _stop_with(supervisor: int) -> None:
+    """Have this child get SIGTERM (and stop as it would on ours) when the
+    supervisor dies, even of SIGKILL: else workers and the queue manager go
+    on headless, holding the ports and the data directory's lock, and a new
+    server is refused in the name of a PID that is no more.  Linux only."""
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return
+    prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != supervisor:     # died before the call: no signal will come
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 SWITCH_INTERVAL = 0.0005   # seconds (CPython's default: 0.005)

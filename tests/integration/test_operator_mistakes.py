@@ -256,3 +256,27 @@ def test_server_user_that_a_server_not_started_as_root_cannot_become(tmp_path: P
                         "'root', and only root can change users: start it as root or as 'root'")
     finally:
         shutil.rmtree(top, ignore_errors=True)
+
+
+def test_the_children_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    """``kill -9`` of the supervisor left its workers and queue manager running,
+    headless, with the listening sockets and the data directory's lock, and a
+    new start was refused naming the dead supervisor's PID."""
+    server = Server(tmp_path / "data").start()
+    children: list[int] = []
+    try:
+        children = [int((server.data_dir / "run" / f"{name}.pid").read_text())
+                    for name in ("queue-0", "worker-0")]
+        assert server.proc is not None
+        server.proc.kill()                     # the supervisor alone, not its group
+        server.proc.wait(10)
+        deadline = time.monotonic() + 20
+        while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in children), "children outlived the supervisor"
+        server.start()                        # the same data directory and ports
+    finally:
+        server.stop()
+        for pid in children:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
