@@ -30,6 +30,21 @@ def test_second_lock_is_refused_naming_directory_and_pid(tmp_path):
         assert again.held
 
 
+def test_a_lock_held_after_its_supervisor_died_says_so(tmp_path):
+    """Not "stop PID N" for a PID that is no more: its children still hold the lock."""
+    first = DataDirLock(tmp_path).acquire()
+    dead = os.fork()                           # a PID that has exited
+    if dead == 0:
+        os._exit(0)
+    os.waitpid(dead, 0)
+    (tmp_path / "lock").write_text(f"{dead}\n")
+    with pytest.raises(DataDirBusy) as caught:
+        DataDirLock(tmp_path).acquire()
+    assert f"whose supervisor (PID {dead}) has exited" in str(caught.value)
+    assert f"fuser -v {tmp_path.resolve() / 'lock'}" in str(caught.value)
+    first.release()
+
+
 def test_no_lock_file_means_no_server_and_a_stale_pid_does_not_count(tmp_path):
     assert DataDirLock(tmp_path).holder() is None
     (tmp_path / "lock").write_text("999999\n")  # a server that died: file, but no lock

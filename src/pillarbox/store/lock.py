@@ -42,11 +42,31 @@ class DataDirBusy(StoreError):
     def __init__(self, data_dir: Path, pid: int | None) -> None:
         self.data_dir = data_dir
         self.pid = pid
+        if pid is not None and not _alive(pid):
+            # The supervisor is gone and its children, which share the lock,
+            # are still stopping (or were left behind where they cannot learn
+            # of its death): "stop PID N" would send the operator nowhere.
+            super().__init__(
+                f"the data directory {data_dir} is still held by the processes of a "
+                f"Pillarbox server whose supervisor (PID {pid}) has exited; they stop "
+                f"within seconds (fuser -v {data_dir / LOCK_NAME} shows them)"
+            )
+            return
         holder = f"PID {pid}" if pid is not None else "a process whose PID is not known yet"
         super().__init__(
             f"the data directory {data_dir} is in use by another Pillarbox server "
             f"({holder}); stop it first, or give this server its own server.data_dir"
         )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:    # another user's: there all the same
+        return True
+    return True
 
 
 class DataDirLock:
