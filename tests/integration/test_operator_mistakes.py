@@ -164,6 +164,23 @@ def test_a_key_only_root_may_read_serves_after_dropping_privileges(tmp_path: Pat
 # --- the data directory, the log file, the ports --------------------------------------
 
 
+def _as_nobody(why: str) -> pwd.struct_passwd:
+    """The user nobody, to run a server as by ``setpriv``. The test skips without
+    root or that user, and without setpriv except under CI, where that fails."""
+    if os.geteuid() != 0:
+        pytest.skip(f"needs root ({why})")
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user nobody")
+    if shutil.which("setpriv") is None:
+        message = "no setpriv (util-linux), to run the server as nobody"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return nobody
+
+
 def _one_error(done: subprocess.CompletedProcess[str]) -> str:
     """The one line a refused start prints, after checking it refused."""
     assert done.returncode == 1, done
@@ -204,14 +221,7 @@ def test_a_data_directory_with_files_of_another_user(tmp_path: Path) -> None:
     """``sudo pillarbox domain add`` in the directory of a server that runs as its
     own user leaves root's database there: the start failed with SQLite's
     "attempt to write a readonly database", naming no file."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root (to make files of another user)")
-    try:
-        nobody = pwd.getpwnam("nobody")
-    except KeyError:
-        pytest.skip("no user nobody")
-    if shutil.which("setpriv") is None:
-        pytest.skip("no setpriv (util-linux), to run the server as nobody")
+    nobody = _as_nobody("to make files of another user")
     top = Path(tempfile.mkdtemp(prefix="pillarbox-owner-"))
     os.chmod(top, 0o755)
     try:
@@ -239,14 +249,7 @@ def test_a_data_directory_with_files_of_another_user(tmp_path: Path) -> None:
 
 def test_server_user_that_a_server_not_started_as_root_cannot_become(tmp_path: Path) -> None:
     """It was ignored in silence: the server ran on as whoever started it."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root (to start the server as another user)")
-    try:
-        nobody = pwd.getpwnam("nobody")
-    except KeyError:
-        pytest.skip("no user nobody")
-    if shutil.which("setpriv") is None:
-        pytest.skip("no setpriv (util-linux), to run the server as nobody")
+    nobody = _as_nobody("to start the server as another user")
     top = Path(tempfile.mkdtemp(prefix="pillarbox-user-"))
     os.chmod(top, 0o777)
     try:
