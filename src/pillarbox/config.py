@@ -633,6 +633,13 @@ class TLSConfig:
     With neither file set, a self-signed certificate for `server.hostname` is
     generated in `server.data_dir`: enough for development and for opportunistic
     STARTTLS between servers, but mail clients will warn about it.
+
+    A renewed certificate is taken without a restart: SIGHUP to the server
+    (`kill -HUP` on its PID from a renewal's deploy hook, or `systemctl reload`
+    with `ExecReload=kill -HUP $MAINPID` in its unit) has every worker read
+    both files again for new connections. They are read then as
+    `server.user`, so that user must be able to read them; if the new pair does
+    not load, the error is logged and the certificate read before stays.
     """
 
     certificate: Path | None = _option(

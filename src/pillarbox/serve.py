@@ -120,20 +120,42 @@ def ensure_dev_defaults(store: SQLiteStore) -> str:
         return "(unknown: set one with 'pillarbox user passwd demo@localhost')"
 
 
-def tls_context(config: Config) -> ssl.SSLContext:
-    """The certificate the listeners present, or leave naming the file that is wrong."""
-    from pillarbox.net.tls import TLSFileError, ensure_self_signed, server_context
+def _tls_files(config: Config) -> tuple[Path, Path, dict[str, str]]:
+    """The certificate and key the listeners present (the development one is made
+    once), and the configuration key that names each, for errors."""
+    from pillarbox.net.tls import ensure_self_signed
 
     if config.tls.certificate and config.tls.private_key:
-        cert, key = config.tls.certificate, config.tls.private_key
-        keys = {"certificate": "tls.certificate: ", "private_key": "tls.private_key: "}
-    else:
-        cert, key = ensure_self_signed(config.server.data_dir / "tls", config.server.hostname)
-        keys = {}
+        return (config.tls.certificate, config.tls.private_key,
+                {"certificate": "tls.certificate: ", "private_key": "tls.private_key: "})
+    cert, key = ensure_self_signed(config.server.data_dir / "tls", config.server.hostname)
+    return cert, key, {}
+
+
+def tls_context(config: Config) -> ssl.SSLContext:
+    """The certificate the listeners present, or leave naming the file that is wrong."""
+    from pillarbox.net.tls import TLSFileError, server_context
+
+    cert, key, keys = _tls_files(config)
     try:
         return server_context(cert, key)
     except TLSFileError as exc:
         raise SystemExit(f"pillarbox: error: {keys.get(exc.fault, '')}{exc}") from None
+
+
+def _reload_tls(config: Config, ctx: ssl.SSLContext) -> None:
+    """SIGHUP in a worker: the certificate and key read again (a renewal), or,
+    if they cannot be, the old ones kept and the reason logged."""
+    from pillarbox.net.tls import TLSFileError, reload_chain
+
+    cert, key, keys = _tls_files(config)
+    try:
+        reload_chain(ctx, cert, key)
+    except TLSFileError as exc:
+        log_event(log, "tls reload failed", error=f"{keys.get(exc.fault, '')}{exc}",
+                  note="still presenting the certificate read before", level=logging.ERROR)
+        return
+    log_event(log, "tls reloaded", certificate=str(cert))
 
 
 def serve(config: Config, *, dev_mode: bool = False) -> int:
@@ -190,8 +212,19 @@ def serve(config: Config, *, dev_mode: bool = False) -> int:
             stopping = True
             raise _Stop  # interrupts waitpid (PEP 475 would otherwise retry it)
 
+    def on_reload(signum, frame):  # type: ignore[no-untyped-def]
+        # SIGHUP (``systemctl reload``, a certificate renewal's hook): each
+        # worker reads the certificate again; nothing else is restarted.
+        for child in children:
+            if child.role == "worker" and child.pid:
+                try:
+                    os.kill(child.pid, signal.SIGHUP)
+                except ProcessLookupError:
+                    pass
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_reload)
     # Everything imported and loaded so far is shared with the children by
     # fork; frozen, the garbage collector never writes to those objects, so
     # their pages stay shared (copy-on-write) instead of being copied into
@@ -375,7 +408,7 @@ class Limiters:
             limiter.clear(worker)
 
 
-_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
 def _start(child: Child, config: Config, listeners: Listeners,
@@ -405,6 +438,7 @@ def _start(child: Child, config: Config, listeners: Listeners,
     try:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)   # a worker takes it on its loop
         _stop_with(supervisor)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         if child.role == "queue":
@@ -696,6 +730,9 @@ async def _worker_main(config: Config, listeners: Listeners, limiters: Limiters)
             listeners.mta_sts, listeners.tls,
             our_policy(config.mta_sts, config.server.hostname), directory.is_local_domain)
     stop = await _stop_event()
+    # SIGHUP from the supervisor: the certificate again, for every listener of
+    # this worker (they share the one context)
+    loop.add_signal_handler(signal.SIGHUP, _reload_tls, config, listeners.tls)
     while not stop.is_set():
         try:
             await asyncio.wait_for(stop.wait(), 30)

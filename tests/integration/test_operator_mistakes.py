@@ -283,3 +283,50 @@ def test_the_children_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None
         for pid in children:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def _presented(port: int) -> bytes:
+    """The certificate the server presents on ``port`` (implicit TLS), DER."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            ctx.wrap_socket(raw) as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return der
+
+
+def _der(cert: Path) -> bytes:
+    return x509.load_pem_x509_certificate(cert.read_bytes()).public_bytes(
+        serialization.Encoding.DER)
+
+
+def test_sighup_reads_a_renewed_certificate_and_keeps_the_old_one_when_the_new_is_bad(
+        server_factory, tmp_path: Path) -> None:
+    """A renewal (certbot's deploy hook, ``systemctl reload``): SIGHUP to the
+    server and new handshakes present the new certificate; a broken renewal is
+    logged and the certificate read before is kept. Before, SIGHUP ended the
+    supervisor (the default action) and with it the whole server."""
+    cert, key = _write_tls(tmp_path, "live")
+    server = server_factory({"tls.certificate": str(cert), "tls.private_key": str(key),
+                             "server.workers": "2"})
+    assert _presented(server.imaps_port) == _der(cert)
+    renewed, renewed_key = _write_tls(tmp_path, "renewed")
+    shutil.copyfile(renewed, cert)
+    shutil.copyfile(renewed_key, key)
+    os.kill(server.proc.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 15
+    while _presented(server.imaps_port) != _der(renewed):
+        assert time.monotonic() < deadline, "the renewed certificate was not presented"
+        time.sleep(0.2)
+    _, stranger = _write_tls(tmp_path, "stranger")
+    shutil.copyfile(stranger, key)          # a key that is not the certificate's
+    os.kill(server.proc.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 15
+    while "tls reload failed" not in server.log():
+        assert time.monotonic() < deadline, "the failed reload was not logged"
+    assert "tls.private_key: the TLS private key" in server.log()
+    for _ in range(4):                      # every worker still presents it
+        assert _presented(server.imaps_port) == _der(renewed)
+    assert server.proc.poll() is None

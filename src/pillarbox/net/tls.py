@@ -46,6 +46,17 @@ def server_context(certificate: Path, private_key: Path) -> ssl.SSLContext:
     return ctx
 
 
+def reload_chain(ctx: ssl.SSLContext, certificate: Path, private_key: Path) -> None:
+    """Read the certificate and key again into ``ctx`` (after a renewal): new
+    handshakes present them, those under way keep the old ones.  Raises
+    :class:`TLSFileError` saying which file is wrong and how; ``ctx`` then keeps
+    presenting what it had (OpenSSL checks the pair before it takes it)."""
+    try:
+        ctx.load_cert_chain(certificate, private_key, password=_no_passphrase)
+    except (OSError, _Encrypted) as exc:
+        raise _what_is_wrong(certificate, private_key, exc) from None
+
+
 def _what_is_wrong(certificate: Path, private_key: Path, exc: BaseException) -> TLSFileError:
     """Why ``load_cert_chain`` failed, found again file by file."""
     from cryptography import x509
