@@ -473,7 +473,9 @@ class ServerConfig:
         _Path(),
         "./pillarbox-data",
         "All state: the database (domains, accounts, aliases, mailboxes, the queue), "
-        "the spool and message blobs, and the generated TLS certificate.",
+        "the spool and message blobs, and the generated TLS certificate. Made at the "
+        "first start; with a configuration file only inside a directory that exists "
+        "(a typo further up the path is an error, not a new empty server).",
     )
     workers: int = _option(
         _Int(0, 256),

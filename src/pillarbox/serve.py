@@ -162,6 +162,7 @@ def serve(config: Config, *, dev_mode: bool = False) -> int:
     # First of all, own the data directory: start-up clean-up against a
     # directory another server is using would remove its uncommitted blobs.
     # The lock is held until this supervisor returns; children inherit it.
+    fresh = _new_data_dir(config.server.data_dir, dev_mode)
     check_data_dir_owner(config.server.data_dir)
     lock = own_data_dir(config.server.data_dir)
     try:
@@ -169,6 +170,9 @@ def serve(config: Config, *, dev_mode: bool = False) -> int:
     except OSError as exc:
         raise SystemExit(f"pillarbox: error: log.file: cannot open {config.log.file}: "
                          f"{exc.strerror}") from None
+    if fresh and not dev_mode:
+        log_event(log, "new data directory", path=str(config.server.data_dir),
+                  note="made now: it holds no domain, account or mail yet", level=logging.WARNING)
     store = SQLiteStore(config.server.data_dir).open()
     password = ensure_dev_defaults(store) if dev_mode else None
     orphans = store.collect_orphans(lock)
@@ -341,6 +345,23 @@ def _user_name(uid: int) -> str:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return f"uid {uid}"
+
+
+def _new_data_dir(data_dir: Path, dev_mode: bool) -> bool:
+    """Whether the data directory is still to be made (a first start).
+
+    With a configuration file it is made only inside a directory that exists:
+    a typo further up the path (``/var/lib/pilarbox/data``) would otherwise
+    start an empty server that refuses mail for every domain it should have.
+    """
+    if data_dir.exists():
+        return False
+    if not dev_mode and not data_dir.parent.is_dir():
+        raise SystemExit(
+            f"pillarbox: error: server.data_dir: {data_dir} does not exist, nor does "
+            f"{data_dir.parent}; check the path (a new data directory is made only in "
+            f"one that exists: mkdir -p {data_dir.parent} if the path is right)")
+    return True
 
 
 def own_data_dir(data_dir: Path) -> DataDirLock:

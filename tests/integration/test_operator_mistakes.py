@@ -330,3 +330,44 @@ def test_sighup_reads_a_renewed_certificate_and_keeps_the_old_one_when_the_new_i
     for _ in range(4):                      # every worker still presents it
         assert _presented(server.imaps_port) == _der(renewed)
     assert server.proc.poll() is None
+
+
+def test_a_data_directory_under_a_path_that_does_not_exist_is_a_typo(tmp_path: Path) -> None:
+    """With a configuration file, ``server.data_dir`` under a directory that does not
+    exist is refused: it used to be made, parents and all, and the empty server
+    refused mail for every domain the right one had. Inside one that exists a
+    first start makes it, and says so."""
+    config = tmp_path / "pillarbox.toml"
+
+    def serve_with(data_dir: Path) -> subprocess.Popen[str]:
+        config.write_text(f'[server]\ndata_dir = "{data_dir}"\nhostname = "mx.test"\n'
+                          f'workers = 1\n[log]\nfile = "{tmp_path / "log"}"\n', encoding="utf-8")
+        args = [sys.executable, "-m", "pillarbox", "-c", str(config),
+                "-o", f"smtp.listen=127.0.0.1:{free_port()}",
+                *[f"-o{key}=" for key in ("imap.listen", "imap.listen_tls", "pop3.listen",
+                                           "pop3.listen_tls", "submission.listen",
+                                           "submission.listen_tls")],
+                "-o", "delivery.processes=-1", "serve"]
+        return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, cwd=tmp_path, start_new_session=True)
+
+    typo = tmp_path / "pilarbox" / "data"
+    proc = serve_with(typo)
+    out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 1
+    assert out.strip().splitlines()[-1] == (
+        f"pillarbox: error: server.data_dir: {typo} does not exist, nor does {typo.parent}; "
+        f"check the path (a new data directory is made only in one that exists: "
+        f"mkdir -p {typo.parent} if the path is right)")
+    assert not typo.parent.exists()
+    log = tmp_path / "log"
+    proc = serve_with(tmp_path / "data")
+    try:
+        deadline = time.monotonic() + 20
+        while not log.exists() or "new data directory" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        assert "it holds no domain, account or mail yet" in log.read_text()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
