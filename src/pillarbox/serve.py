@@ -291,6 +291,7 @@ def serve(config: Config, *, dev_mode: bool = False) -> int:
 # files in (blobs/ down to blobs/XX/), and the files it writes in place.
 _OUR_DIRECTORIES = ("blobs", "dkim", "reports", "run", "tls")
 _WRITTEN_IN_PLACE = ("lock", ".db", ".sqlite", "-wal", "-shm")
+_READ = ("srs.secret", "demo-password")    # read at start, never written again
 
 
 def check_data_dir_owner(data_dir: Path) -> None:
@@ -315,20 +316,23 @@ def check_data_dir_owner(data_dir: Path) -> None:
                 checks.append((Path(entry.path), every))
             elif entry.name.endswith(_WRITTEN_IN_PLACE) and entry.is_file():
                 checks.append((Path(entry.path), os.R_OK | os.W_OK))
+            elif entry.name in _READ and entry.is_file():
+                checks.append((Path(entry.path), os.R_OK))
     for path, mode in checks:
         if not os.access(path, mode):
-            _not_ours(data_dir, path)
+            _not_ours(data_dir, path, mode)
         if path.name == "blobs":
             with os.scandir(path) as listing:
                 for entry in listing:
                     if entry.is_dir() and not os.access(entry.path, every):
-                        _not_ours(data_dir, Path(entry.path))
+                        _not_ours(data_dir, Path(entry.path), every)
 
 
-def _not_ours(data_dir: Path, path: Path) -> NoReturn:
+def _not_ours(data_dir: Path, path: Path, mode: int) -> NoReturn:
     st, me = path.stat(), _user_name(os.geteuid())
     if st.st_uid == os.geteuid():
-        wanted = "rwx" if path.is_dir() else "rw"
+        wanted = "".join(letter for bit, letter in ((os.R_OK, "r"), (os.W_OK, "w"),
+                                                    (os.X_OK, "x")) if mode & bit)
         problem = (f"has mode {st.st_mode & 0o7777:04o}, which keeps the server from using it: "
                    f"chmod u+{wanted} {path}")
     else:

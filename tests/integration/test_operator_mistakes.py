@@ -237,6 +237,13 @@ def test_a_data_directory_with_files_of_another_user(tmp_path: Path) -> None:
         # What the administrator keeps there is none of the server's business:
         # with the database handed over, the start goes on (to fail on log.file).
         subprocess.run(["chown", "-R", "nobody", str(data_dir)], check=True)
+        # root's SRS secret (made by an alias command under sudo): read at start
+        secret = data_dir / "srs.secret"
+        secret.write_text("x" * 32 + "\n", encoding="utf-8")
+        secret.chmod(0o600)
+        line = _one_error(_serve(top, f"server.data_dir={data_dir}", user=nobody))
+        assert line.startswith(f"pillarbox: error: server.data_dir: {secret} belongs to root"), line
+        os.chown(secret, nobody.pw_uid, nobody.pw_gid)
         (data_dir / "lost+found").mkdir(mode=0o700)
         (data_dir / "notes.txt").write_text("root's own\n", encoding="utf-8")
         (data_dir / "notes.txt").chmod(0o600)
