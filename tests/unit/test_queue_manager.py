@@ -168,6 +168,44 @@ def test_fresh_mail_to_a_remote_domain_goes_at_once_with_its_exact_body(tmp_path
     store.close()
 
 
+def test_a_destination_that_no_server_answered_for_is_suspended_for_a_while(tmp_path):
+    """As Postfix suspends a dead destination: after an attempt that no server of
+    down.test answered (every MX refused), its other queued messages wait for their
+    retry with that reply instead of each opening connections; a message for
+    another domain is tried; once the suspension is over the destination is
+    tried again, and an answer ends it."""
+    store = open_store(tmp_path)
+    up = {"down.test": False}
+
+    def script(domain: str, m: OutboundMessage) -> list[Outcome]:
+        if domain == "down.test" and not up["down.test"]:
+            return [Outcome(r.idx, "deferred", "451 4.4.1 No answer from mx.down.test "
+                            "[192.0.2.7]: connection refused", "4.4.1") for r in m.recipients]
+        return [Outcome(r.idx, "delivered", "250 2.0.0 Ok", "2.0.0", f"mx.{domain}")
+                for r in m.recipients]
+
+    remote = ScriptedRemote(script)
+    m = manager(store, remote, destination_concurrency=1,
+                schedule=Schedule(first_retry=0.6, max_retry=3600))   # suspended 0.3 s
+    ids = [enqueue(store, [f"u{i}@down.test"]) for i in range(5)]
+    other = enqueue(store, ["x@up.test"])
+    run_queue(m)
+    assert [d for d, _, _ in remote.calls].count("down.test") == 1
+    assert store.queue_get(other) is None                       # not held back
+    for qid in ids:
+        entry = store.queue_get(qid)
+        assert entry is not None and entry.state == "deferred"
+        assert entry.last_reply.startswith("451 4.4.1 No answer from mx.down.test")
+    suspended = [store.queue_get(q).last_reply for q in ids]  # type: ignore[union-attr]
+    assert sum("suspended" in r for r in suspended) == 4, suspended
+    time.sleep(0.35)
+    up["down.test"] = True
+    run_queue(m)
+    assert [d for d, _, _ in remote.calls].count("down.test") == 6
+    assert all(store.queue_get(q) is None for q in ids)
+    store.close()
+
+
 def test_a_deferred_recipient_is_retried_and_the_others_are_not(tmp_path):
     store = open_store(tmp_path)
     replies = iter(["451 4.7.1 Greylisted, try again in 300 seconds",

@@ -81,6 +81,12 @@ COLLECT_SECONDS = 1.0          # finished entries' blobs are collected at most t
 REMOTE_DISABLED = ("451 4.3.2 Remote delivery is not enabled on this server;"
                    " the message waits in the queue")
 CONGESTED = "451 4.4.5 Too many messages are waiting for {domain}; trying again later"
+# A destination that no server of answered (DNS failure, every MX refused or
+# silent, 4xx greetings) is not tried again for the next messages for a while,
+# as Postfix suspends a dead destination: each waits for its next retry with
+# that reply instead of every queued message opening connections at once.
+SUSPEND_SECONDS = 30.0         # at most; half the first retry interval if shorter
+SUSPENDED = " (not tried: delivery to {domain} is suspended for a while after that failure)"
 
 log = logging.getLogger("pillarbox.queue")
 
@@ -173,6 +179,9 @@ class QueueManager:
             self._attempt_remote, concurrency=concurrency,
             destination_concurrency=destination_concurrency, active_limit=active_limit,
         )
+        # domain -> (until, reply, status): the destination's last failure (SUSPENDED)
+        self._suspended: dict[str, tuple[float, str, str]] = {}
+        self._suspend_for = min(SUSPEND_SECONDS, self.schedule.first_retry / 2)
         self._fresh: list[str] = []
         self._intake: list[Arrival] = []
         self._records: list[Record] = []
@@ -489,6 +498,16 @@ class QueueManager:
             return
         assert self.remote is not None
         started = time.monotonic()
+        # Messages with a TLS requirement of their own (REQUIRETLS, TLS-Required: No)
+        # are judged by it, neither suspended nor suspending.
+        plain = not (unit.message.requiretls or unit.message.tls_required_no)
+        held = self._suspended.get(unit.domain) if plain else None
+        if held is not None and held[0] > started:
+            outcomes = self._all_deferred(
+                unit, held[1] + SUSPENDED.format(domain=unit.domain), held[2])
+            self._log_remote(unit, Delivery(outcomes), outcomes, 0.0)
+            self._record(unit, outcomes)
+            return
         try:
             # (A timeout scope, not wait_for: no second task per attempt.)
             async with asyncio.timeout(ATTEMPT_TIMEOUT):
@@ -502,13 +521,28 @@ class QueueManager:
                 "4.4.1")
             delivery = Delivery(outcomes)
         except Exception as exc:  # noqa: BLE001 - our fault; the recipients wait for a retry
+            plain = False          # not the destination's failure: nothing to suspend
             log.exception("remote delivery to %s failed for %s", unit.domain,
                           unit.message.queue_id)
             outcomes = self._all_deferred(
                 unit, f"451 4.3.0 Remote delivery failed here (a bug): {exc!r}", "4.3.0")
             delivery = Delivery(outcomes)
         self._log_remote(unit, delivery, outcomes, time.monotonic() - started)
+        if plain:
+            self._suspend_or_resume(unit.domain, outcomes)
         self._record(unit, outcomes)
+
+    def _suspend_or_resume(self, domain: str, outcomes: tuple[Outcome, ...]) -> None:
+        """Suspend ``domain`` if no server of it answered for any recipient; a
+        server that answered (whatever it said) ends a suspension."""
+        if outcomes and all(o.result == "deferred" and o.remote_mta is None for o in outcomes):
+            now = time.monotonic()
+            if len(self._suspended) > 10000:      # bounded: the expired ones go first
+                self._suspended = {d: v for d, v in self._suspended.items() if v[0] > now}
+            first = outcomes[0]
+            self._suspended[domain] = (now + self._suspend_for, first.reply, first.status)
+        else:
+            self._suspended.pop(domain, None)
 
     @staticmethod
     def _all_deferred(unit: Unit, reply: str, status: str) -> tuple[Outcome, ...]:
