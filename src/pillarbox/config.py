@@ -637,8 +637,9 @@ class TLSConfig:
     STARTTLS between servers, but mail clients will warn about it.
 
     A renewed certificate is taken without a restart: SIGHUP to the server
-    (`kill -HUP` on its PID from a renewal's deploy hook, or `systemctl reload`
-    with `ExecReload=kill -HUP $MAINPID` in its unit) has every worker read
+    (`kill -HUP $(cat DATA_DIR/lock)` from a renewal's deploy hook: the lock
+    file holds the server's PID; or `systemctl reload` with
+    `ExecReload=kill -HUP $MAINPID` in its unit) has every worker read
     both files again for new connections. They are read then as
     `server.user`, so that user must be able to read them; if the new pair does
     not load, the error is logged and the certificate read before stays.
