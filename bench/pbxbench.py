@@ -153,7 +153,8 @@ def start_pillarbox(work: Path, *options: str) -> tuple[subprocess.Popen[bytes],
     SMTP and IMAP (STARTTLS) on free loopback ports, no IMAPS, POP3 or submission; ``options``
     are more ``KEY=VALUE`` overrides.  Returns the process and the two ports once
     IMAP answers."""
-    smtp, imap = free_port(), free_port()
+    smtp = free_port()
+    imap = next(p for p in iter(free_port, None) if p != smtp)   # two listen keys, two ports
     _, dns_port = start_dns(work)
     cmd = [PILLARBOX, "-o", f"server.data_dir={work}/data", "-o", f"dns.nameservers=127.0.0.1:{dns_port}", "-o", f"smtp.listen=127.0.0.1:{smtp}",
            "-o", f"imap.listen=127.0.0.1:{imap}", "-o", "imap.listen_tls=[]",

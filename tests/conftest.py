@@ -27,6 +27,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` different free ports: held open together while they are picked, so
+    the kernel cannot hand out one of them twice (two of a server's listen keys
+    on one port are a configuration error)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def need_tool(name: str) -> str:
     """The path of an external tool; skip without it, fail under CI (CI=true)."""
     path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
@@ -58,13 +72,8 @@ class Server:
 
     def __init__(self, data_dir: Path, options: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
-        self.port = free_port()
-        self.imap_port = free_port()
-        self.imaps_port = free_port()
-        self.pop3_port = free_port()
-        self.pop3s_port = free_port()
-        self.submission_port = free_port()
-        self.submissions_port = free_port()
+        (self.port, self.imap_port, self.imaps_port, self.pop3_port, self.pop3s_port,
+         self.submission_port, self.submissions_port) = free_ports(7)
         self.options = {
             "server.data_dir": str(data_dir),
             "server.hostname": "mx.test",
@@ -105,7 +114,8 @@ class Server:
         """Give the auto-picked ``port`` a new number (False: the test chose it)."""
         for attr, key in _PORTS.items():
             if getattr(self, attr) == port and self.options[key] == f"127.0.0.1:{port}":
-                setattr(self, attr, free_port())
+                taken = {getattr(self, a) for a in _PORTS}
+                setattr(self, attr, next(p for p in iter(free_port, None) if p not in taken))
                 self.options[key] = f"127.0.0.1:{getattr(self, attr)}"
                 return True
         return False

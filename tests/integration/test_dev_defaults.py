@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import free_port
+from tests.conftest import free_ports
 from tests.dnsserver import dnsmasq
 
 
@@ -27,10 +27,9 @@ def test_serve_without_configuration_is_a_complete_development_server(tmp_path):
 
 
 def _serve_and_use(tmp_path: Path, nameserver: str) -> None:
-    port = free_port()
-    # The other development ports (IMAP 2143/2993, POP3 2110/2995) may be taken here.
-    imap, imaps, pop3, pop3s = free_port(), free_port(), free_port(), free_port()
-    submit, submits = free_port(), free_port()   # and submission's 2587/2465
+    # The development ports (IMAP 2143/2993, POP3 2110/2995, submission 2587/2465)
+    # may be taken here: free ones instead, all different.
+    port, imap, imaps, pop3, pop3s, submit, submits = free_ports(7)
     options = {"smtp.listen": port, "imap.listen": imap, "imap.listen_tls": imaps,
                "pop3.listen": pop3, "pop3.listen_tls": pop3s,
                "submission.listen": submit, "submission.listen_tls": submits}
