@@ -146,11 +146,11 @@ def tls_context(config: Config) -> ssl.SSLContext:
 def _reload_tls(config: Config, ctx: ssl.SSLContext) -> None:
     """SIGHUP in a worker: the certificate and key read again (a renewal), or,
     if they cannot be, the old ones kept and the reason logged."""
-    from pillarbox.net.tls import TLSFileError, reload_chain
+    from pillarbox.net.tls import TLSFileError, load_chain
 
     cert, key, keys = _tls_files(config)
     try:
-        reload_chain(ctx, cert, key)
+        load_chain(ctx, cert, key)
     except TLSFileError as exc:
         log_event(log, "tls reload failed", error=f"{keys.get(exc.fault, '')}{exc}",
                   note="still presenting the certificate read before", level=logging.ERROR)

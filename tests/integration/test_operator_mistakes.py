@@ -40,12 +40,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _serve(tmp_path: Path, *options: str, timeout: float = 20,
-           user: pwd.struct_passwd | None = None) -> subprocess.CompletedProcess[str]:
-    """``pillarbox serve`` (as ``user``) expected to refuse at once; its exit status and output."""
-    become = [] if user is None else [
-        "setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups"]
-    args = [*become, sys.executable, "-m", "pillarbox",
+def _serve_args(*options: str, config: Path | None = None) -> list[str]:
+    """``pillarbox serve`` on one free SMTP port and no other listener, one worker."""
+    return [sys.executable, "-m", "pillarbox", *(["-c", str(config)] if config else []),
             "-o", "server.hostname=mx.test", "-o", "server.workers=1",
             "-o", f"smtp.listen=127.0.0.1:{free_port()}",
             *[f"-o{key}=" for key in ("imap.listen", "imap.listen_tls", "pop3.listen",
@@ -53,8 +50,15 @@ def _serve(tmp_path: Path, *options: str, timeout: float = 20,
                                        "submission.listen_tls")],
             "-o", "delivery.processes=-1",
             *(arg for option in options for arg in ("-o", option)), "serve"]
-    return subprocess.run(args, capture_output=True, text=True, cwd=tmp_path,
-                          timeout=timeout, start_new_session=True)
+
+
+def _serve(tmp_path: Path, *options: str, timeout: float = 20,
+           user: pwd.struct_passwd | None = None) -> subprocess.CompletedProcess[str]:
+    """``pillarbox serve`` (as ``user``) expected to refuse at once; its exit status and output."""
+    become = [] if user is None else [
+        "setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups"]
+    return subprocess.run([*become, *_serve_args(*options)], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=timeout, start_new_session=True)
 
 
 def test_stopping_while_a_crashed_child_is_restarted_stops_every_child(tmp_path: Path) -> None:
@@ -347,16 +351,11 @@ def test_a_data_directory_under_a_path_that_does_not_exist_is_a_typo(tmp_path: P
     config = tmp_path / "pillarbox.toml"
 
     def serve_with(data_dir: Path) -> subprocess.Popen[str]:
-        config.write_text(f'[server]\ndata_dir = "{data_dir}"\nhostname = "mx.test"\n'
-                          f'workers = 1\n[log]\nfile = "{tmp_path / "log"}"\n', encoding="utf-8")
-        args = [sys.executable, "-m", "pillarbox", "-c", str(config),
-                "-o", f"smtp.listen=127.0.0.1:{free_port()}",
-                *[f"-o{key}=" for key in ("imap.listen", "imap.listen_tls", "pop3.listen",
-                                           "pop3.listen_tls", "submission.listen",
-                                           "submission.listen_tls")],
-                "-o", "delivery.processes=-1", "serve"]
-        return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, cwd=tmp_path, start_new_session=True)
+        config.write_text(f'[server]\ndata_dir = "{data_dir}"\n'
+                          f'[log]\nfile = "{tmp_path / "log"}"\n', encoding="utf-8")
+        return subprocess.Popen(_serve_args(config=config), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+                                start_new_session=True)
 
     typo = tmp_path / "pilarbox" / "data"
     proc = serve_with(typo)

@@ -35,25 +35,22 @@ def server_context(certificate: Path, private_key: Path) -> ssl.SSLContext:
     """
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        ctx.load_cert_chain(certificate, private_key, password=_no_passphrase)
-    except (OSError, _Encrypted) as exc:   # ssl.SSLError is an OSError
-        # OpenSSL says "PEM lib" or "key values mismatch" and names no file.
-        raise _what_is_wrong(certificate, private_key, exc) from None
+    load_chain(ctx, certificate, private_key)
     # Mail servers are reached by name through MX records that rarely match
     # client expectations; the client decides what it checks (RFC 7672, 8461).
     ctx.verify_mode = ssl.CERT_NONE
     return ctx
 
 
-def reload_chain(ctx: ssl.SSLContext, certificate: Path, private_key: Path) -> None:
-    """Read the certificate and key again into ``ctx`` (after a renewal): new
-    handshakes present them, those under way keep the old ones.  Raises
-    :class:`TLSFileError` saying which file is wrong and how; ``ctx`` then keeps
-    presenting what it had (OpenSSL checks the pair before it takes it)."""
+def load_chain(ctx: ssl.SSLContext, certificate: Path, private_key: Path) -> None:
+    """Read the certificate and key into ``ctx``, at start or again after a
+    renewal (new handshakes present them, those under way keep the old ones).
+    Raises :class:`TLSFileError` saying which file is wrong and how; ``ctx`` then
+    keeps presenting what it had (OpenSSL checks the pair before it takes it)."""
     try:
         ctx.load_cert_chain(certificate, private_key, password=_no_passphrase)
-    except (OSError, _Encrypted) as exc:
+    except (OSError, _Encrypted) as exc:   # ssl.SSLError is an OSError
+        # OpenSSL says "PEM lib" or "key values mismatch" and names no file.
         raise _what_is_wrong(certificate, private_key, exc) from None
 
 
